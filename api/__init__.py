@@ -1,0 +1,1 @@
+"""HTTP edge (Litestar): the public listener and, later, the admin listener."""

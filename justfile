@@ -1,0 +1,44 @@
+# pandora-users: the front door. `just run` starts everything, `just test` runs every test.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set dotenv-load := false
+
+venv := ".venv"
+py := venv / "bin/python"
+
+# List the recipes.
+default:
+    @just --list
+
+# Create or update the virtualenv from the pinned lock (uv pip compile output).
+sync:
+    @test -x {{py}} || uv venv -q --python 3.11 {{venv}}
+    uv pip sync -q --python {{py}} requirements.lock
+    uv pip install -q --python {{py}} --no-deps -e .
+
+# Re-pin every dependency after editing pyproject.toml.
+lock:
+    uv pip compile -q pyproject.toml --extra dev -o requirements.lock
+
+# Start the whole service (embedded PostgreSQL and Valkey when nothing is configured).
+run *ARGS: sync
+    {{venv}}/bin/pandora-users serve {{ARGS}}
+
+# Create or upgrade the database schema.
+migrate *ARGS: sync
+    {{venv}}/bin/pandora-users migrate {{ARGS}}
+
+# Run all tests (real PostgreSQL/Redis from DATABASE_URL/REDIS_URL, else embedded servers).
+test *ARGS: sync
+    {{venv}}/bin/pytest -q -p no:cacheprovider {{ARGS}}
+
+# Lint: ruff (style and bugs) and mypy (strict on pandora_users).
+lint: sync
+    {{venv}}/bin/ruff check .
+    {{venv}}/bin/ruff format --check .
+    {{venv}}/bin/mypy
+
+# Format the code.
+fmt: sync
+    {{venv}}/bin/ruff format .
+    {{venv}}/bin/ruff check --fix .

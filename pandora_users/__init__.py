@@ -1,0 +1,3 @@
+"""pandora-users: the user service of Pandora Exchange."""
+
+__version__ = "0.1.0"

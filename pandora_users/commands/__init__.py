@@ -1,0 +1,1 @@
+"""Command handlers: load, decide, save (events and credential changes in one transaction)."""

@@ -1,0 +1,200 @@
+"""Login (public and admin) and refresh-token rotation with reuse detection (SPEC §3.1.2, §6.4, §7.5)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from pandora_users.commands.base import EndedSession, WriteSide, Written, with_retries
+from pandora_users.commands.registration import SessionGrant
+from pandora_users.commands.sessions import Batch, commit, end_one, load_session
+from pandora_users.domain import email_index, session as session_agg, user as user_agg
+from pandora_users.domain.context import Context
+from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken
+from pandora_users.domain.fields import canonical_email
+from pandora_users.domain.user import User
+from pandora_users.security.passwords import normalize_password
+from pandora_users.security.tokens import hash_opaque_token, new_opaque_token
+from pandora_users.store import credentials as cred
+
+SYSTEM = {"actor_id": "system", "actor_role": "system"}
+ROTATE = (
+    "WITH s AS (UPDATE sessions SET generation = generation + 1, last_used_at = %s"
+    " WHERE id = %s AND generation = %s AND ended_at IS NULL AND expires_at > %s RETURNING id, generation)"
+    " INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
+    " SELECT %s, id, generation, %s FROM s"
+)
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    email: str
+    password: str
+    audience: str = "pandora-api"
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """Facts the edge records in the access log besides the grant or the error."""
+
+    grant: SessionGrant
+    after_failures: int
+
+
+def lockout_key(w: WriteSide, raw_email: str) -> tuple[str | None, UUID]:
+    """The canonical email (None if invalid) and the lockout key, the same for existing and unknown accounts."""
+    email = canonical_email(raw_email)
+    return email, email_index.index_id(w.pepper, email or raw_email.strip().lower())
+
+
+def password_form_ok(password: str, max_length: int) -> bool:
+    """SPEC §3.1.2 step 4: decided by the password's form alone, before any lookup or hashing."""
+    return bool(password) and "\x00" not in password and len(password) <= max_length and len(password.encode()) <= 512
+
+
+def find_account(w: WriteSide, email: str | None) -> tuple[User | None, str | None]:
+    """The live user behind a canonical email and their password hash (write side only, never read models)."""
+    if email is None:
+        return None, None
+    index = w.store.load(email_index.index_id(w.pepper, email), email_index.project)
+    if index is None or index.owner is None:
+        return None, None
+    user = w.store.load(index.owner, user_agg.project)
+    if user is None or not user.is_active:
+        return None, None
+    return user, cred.password_hash(w.store.datastore, user.id)
+
+
+async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> tuple[User | None, int]:
+    """Reserve an attempt, verify exactly once, record the outcome. Returns the user (None = failed)."""
+    if not password_form_ok(attempt.password, w.config.password_max_length):
+        return None, 0
+    email, key = lockout_key(w, attempt.email)
+    user, stored = await w.run(find_account, w, email)
+    reservation = await w.run(w.lockout.reserve, key, user.id if user else None, ctx.now)
+    if not reservation.granted:
+        retry = (reservation.locked_until - ctx.now).total_seconds() if reservation.locked_until else 1
+        raise AccountLocked(extra={"retry_after_seconds": max(1, int(retry + 0.999))})
+    password = normalize_password(attempt.password)
+    if user is None or stored is None:
+        await w.hasher.verify_dummy(password)
+        await w.run(w.lockout.fail, key, ctx.now)
+        return None, 0
+    result = await w.hasher.verify(stored, password)
+    if not result.ok:
+        failure = await w.run(w.lockout.fail, key, ctx.now)
+        if failure.locked_until is not None:
+            await w.run(_record_lock, w, user.id, failure.locked_until, failure.failures, ctx)
+        return None, 0
+    prior = await w.run(w.lockout.clear, key)
+    if result.needs_rehash:
+        new_hash = await w.hasher.hash(password)
+        await w.run(w.store.append, [], [cred.replace_password_hash(user.id, stored, new_hash, ctx.now)])
+    return user, prior
+
+
+def _record_lock(w: WriteSide, user_id: UUID, until: datetime, failures: int, ctx: Context) -> None:
+    system_ctx = Context(now=ctx.now, metadata={**ctx.metadata, **SYSTEM})
+
+    def attempt() -> Written:
+        user = w.store.load(user_id, user_agg.project)
+        if user is None:
+            return Written(user_id, 0, None)
+        events = user_agg.lock(user, until=until, failed_attempts=failures, ctx=system_ctx)
+        return commit(w, Batch(events=list(events)), user_id, user.version + len(events))
+
+    with_retries(attempt)
+
+
+async def log_in(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> LoginOutcome:
+    """Public or admin login. Every failure is the same `invalid_credentials`."""
+    user, prior = await verify_password(w, attempt, ctx)
+    if user is None or (attempt.audience == "pandora-admin" and user.role != "admin"):
+        raise InvalidCredentials()
+    session_id = uuid.uuid4()
+    refresh_token, refresh_hash = new_opaque_token()
+    expires_at = ctx.now + timedelta(seconds=w.config.refresh_ttl)
+    actor = "admin" if attempt.audience == "pandora-admin" else "user"
+    user_ctx = Context(now=ctx.now, metadata={**ctx.metadata, "actor_id": str(user.id), "actor_role": actor})
+
+    def commit_login() -> Written:
+        batch = _session_limit(w, user.id, user_ctx)
+        batch.events.append(
+            session_agg.log_in(
+                session_id, user_id=user.id, email=user.email, audience=attempt.audience, expires_at=expires_at,
+                ip_address=attempt.ip_address, user_agent=attempt.user_agent, ctx=user_ctx,
+            )
+        )
+        ua = attempt.user_agent[:512] if attempt.user_agent else None
+        batch.ops += cred.open_session(
+            cred.NewSession(session_id, user.id, attempt.audience, ctx.now, expires_at, attempt.ip_address, ua, refresh_hash)
+        )
+        return commit(w, batch, session_id, 1)
+
+    written = await w.after_commit(await w.run(with_retries, commit_login))
+    grant = SessionGrant(user, session_id, attempt.audience, refresh_token, expires_at, ctx.now, written.position)
+    return LoginOutcome(grant, prior)
+
+
+def _session_limit(w: WriteSide, user_id: UUID, ctx: Context) -> Batch:
+    """Beyond SESSION_MAX_PER_USER live sessions, the oldest ones end (reason `session_limit`)."""
+    rows = cred.live_sessions(w.store.datastore, user_id, ctx.now, w.config.session_idle_timeout)
+    batch = Batch()
+    for row in rows[w.config.session_max_per_user - 1 :][::-1]:
+        batch.extend(end_one(w, row["id"], "session_limit", ctx))
+    return batch
+
+
+@dataclass(frozen=True)
+class RefreshAttempt:
+    refresh_token: str
+    audience: str = "pandora-api"
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+
+async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> SessionGrant:
+    """SPEC §6.4: rotate with one compare-and-set; a rotated token ends the whole session."""
+    if not attempt.refresh_token or len(attempt.refresh_token) > 512:
+        raise InvalidRefreshToken()
+    token_hash = hash_opaque_token(attempt.refresh_token)
+    row = await w.run(cred.refresh_token_row, w.store.datastore, token_hash)
+    if row is None or row["ended_at"] is not None or ctx.now >= row["expires_at"] or row["audience"] != attempt.audience:
+        raise InvalidRefreshToken()
+    idle = w.config.session_idle_timeout
+    if idle and (ctx.now - row["last_used_at"]).total_seconds() >= idle:
+        raise InvalidRefreshToken()
+    user = await w.run(w.store.load, row["user_id"], user_agg.project)
+    if user is None or not user.is_active or (attempt.audience == "pandora-admin" and user.role != "admin"):
+        raise InvalidRefreshToken()
+    new_token, new_hash = new_opaque_token()
+    rotated = row["token_generation"] == row["generation"] and await w.run(
+        _rotate, w, row["id"], row["generation"], new_hash, ctx.now
+    )
+    if not rotated:
+        await _reuse_detected(w, row["id"], attempt, ctx)
+        raise InvalidRefreshToken()
+    return SessionGrant(user, row["id"], row["audience"], new_token, row["expires_at"], row["created_at"], None)
+
+
+def _rotate(w: WriteSide, session_id: UUID, generation: int, new_hash: bytes, now: datetime) -> bool:
+    with w.store.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(ROTATE.encode(), (now, session_id, generation, now, new_hash, now), prepare=True)
+        return bool(curs.rowcount == 1)
+
+
+async def _reuse_detected(w: WriteSide, session_id: UUID, attempt: RefreshAttempt, ctx: Context) -> None:
+    def commit_reuse() -> Written:
+        session = load_session(w, session_id)
+        if session is None or session.ended_at is not None:
+            return Written(session_id, 0, None)
+        events = session_agg.detect_reuse(session, ip_address=attempt.ip_address, user_agent=attempt.user_agent, ctx=ctx)
+        batch = Batch(events=list(events), ops=[cred.end_session(session_id, "token_reuse", ctx.now)])
+        batch.ended.append(EndedSession(session_id, session.user_id, "token_reuse"))
+        return commit(w, batch, session_id, session.version + len(events))
+
+    await w.after_commit(await w.run(with_retries, commit_reuse))

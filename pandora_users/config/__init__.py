@@ -1,0 +1,1 @@
+"""Settings: environment variables, APP_ENV profiles, Vault overlay, start-up validation."""

@@ -1,0 +1,1 @@
+"""The write model: aggregates, their events and rules. Imports only stdlib, msgspec and eventsourcing."""

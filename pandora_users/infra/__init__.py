@@ -1,0 +1,1 @@
+"""Process-level infrastructure: embedded dev servers."""

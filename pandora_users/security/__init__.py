@@ -1,0 +1,1 @@
+"""Security primitives: password policy, Argon2id hashing, tokens and signing keys."""

@@ -1,0 +1,1 @@
+"""Persistence of the write side: event store, credential store, key store, migrations."""

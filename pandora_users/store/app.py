@@ -1,0 +1,85 @@
+"""The event store: one eventsourcing `Application` over PostgreSQL with our mapper and recorder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import Mapper
+from eventsourcing.utils import get_topic
+
+from pandora_users.domain.events import DomainEvent
+from pandora_users.store.keys import KeyStore, psycopg_fetcher
+from pandora_users.store.mapper import PersonalDataMapper
+from pandora_users.store.recorder import CredentialOp, PandoraRecorder
+
+S = TypeVar("S")
+APP_NAME = "Pandora"
+EVENTS_TABLE = "pandora_events"
+
+
+def postgres_env(database_url: str, *, pool_size: int, max_overflow: int, lock_timeout: float) -> dict[str, str]:
+    """eventsourcing's POSTGRES_* settings from a postgresql:// URL."""
+    url = urlsplit(database_url)
+    query = dict(part.split("=", 1) for part in url.query.split("&") if "=" in part)
+    dbname = unquote(url.path.lstrip("/")) or "postgres"
+    if "sslmode" in query:
+        dbname = f"dbname={dbname} sslmode={query['sslmode']}"
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": get_topic(PandoraRecorder),
+        "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(max_overflow),
+        "POSTGRES_LOCK_TIMEOUT": str(max(1, round(lock_timeout))),
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        "CREATE_TABLE": "n",
+    }
+
+
+class EventStore(Application[UUID]):
+    """Loads aggregates and appends events atomically with credential-store operations."""
+
+    name = APP_NAME
+
+    def __init__(self, env: dict[str, str], kek: bytes) -> None:
+        self.keys = KeyStore(kek, self._fetch_wrapped_key)
+        super().__init__(env)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return PersonalDataMapper(self.keys)
+
+    def _fetch_wrapped_key(self, user_id: UUID) -> bytes | None:
+        return psycopg_fetcher(self.datastore)(user_id)
+
+    @property
+    def datastore(self) -> Any:
+        return self.factory.datastore  # type: ignore[attr-defined]
+
+    def load(self, aggregate_id: UUID, project: Callable[[S | None, Iterable[DomainEvent]], S | None]) -> S | None:
+        """The aggregate's current state, or None when it has no events."""
+        try:
+            state: S = self.repository.get(aggregate_id, projector_func=project)  # type: ignore[arg-type]
+        except AggregateNotFoundError:
+            return None
+        return state
+
+    def append(self, events: Sequence[DomainEvent], ops: Sequence[CredentialOp] = ()) -> int | None:
+        """Commit events and credential operations together; the position of the last event (None if none)."""
+        recordings = self.save(*events, credential_ops=list(ops))
+        return recordings[-1].notification.id if recordings else None
+
+    def create_tables(self) -> None:
+        """Create the events table and its index (only migrations call this)."""
+        self.recorder.create_table()  # type: ignore[attr-defined]
+
+    def head_position(self) -> int:
+        return self.recorder.max_notification_id() or 0

@@ -1,0 +1,87 @@
+"""The key store: one random 256-bit data key per user, kept wrapped by the key-encryption key.
+
+Unwrapped keys are cached for at most `ttl` seconds. A key created by a command is cached before the save
+that writes its wrapped form (in the same transaction as the user's first events), so the mapper can
+encrypt those events.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from pandora_users.store.crypto import open_sealed, seal
+
+SELECT_KEY = "SELECT wrapped_key FROM subject_keys WHERE user_id = %s"
+INSERT_KEY = "INSERT INTO subject_keys (user_id, wrapped_key) VALUES (%s, %s)"
+DELETE_KEY = "DELETE FROM subject_keys WHERE user_id = %s"
+
+
+class KeyStore:
+    """Implements the mapper's `DataKeys`: wrapped keys in PostgreSQL, a short-lived cache in memory."""
+
+    def __init__(
+        self,
+        kek: bytes,
+        fetch_wrapped: Callable[[UUID], bytes | None],
+        *,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if len(kek) != 32:
+            raise ValueError("the key-encryption key must be 32 bytes")
+        self._kek = kek
+        self._fetch = fetch_wrapped
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[UUID, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user_id: UUID) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(user_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        wrapped = self._fetch(user_id)
+        if wrapped is None:
+            self.forget(user_id)
+            return None
+        key = open_sealed(self._kek, wrapped, user_id.bytes)
+        self._remember(user_id, key)
+        return key
+
+    def new_key(self, user_id: UUID) -> tuple[bytes, bytes]:
+        """A fresh data key (cached for the coming save) and its wrapped form to store."""
+        key = os.urandom(32)
+        self._remember(user_id, key)
+        return key, seal(self._kek, key, user_id.bytes)
+
+    def forget(self, user_id: UUID) -> None:
+        """Drop a cached key (after erasure, or when a save that created it failed)."""
+        with self._lock:
+            self._cache.pop(user_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _remember(self, user_id: UUID, key: bytes) -> None:
+        with self._lock:
+            self._cache[user_id] = (key, self._clock() + self._ttl)
+
+
+def psycopg_fetcher(datastore: Any) -> Callable[[UUID], bytes | None]:
+    """Read one wrapped key through the event store's psycopg pool."""
+
+    def fetch(user_id: UUID) -> bytes | None:
+        with datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(SELECT_KEY, (user_id,), prepare=True)
+            row = curs.fetchone()
+        return None if row is None else bytes(row["wrapped_key"])
+
+    return fetch

@@ -1,0 +1,1 @@
+"""Read side: projector workers, read models and the Redis Streams forwarder."""

@@ -1,0 +1,128 @@
+"""Shared fixtures: real PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else embedded servers).
+
+Each test that needs the database gets its own database, cloned from a migrated template, so no test
+depends on another's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from pandora_users.infra.embedded import EmbeddedServers
+
+TEST_KEK = bytes(range(32))
+TEST_PEPPER = b"pandora-users test email index pepper"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
+    servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A URL of the PostgreSQL server the tests use (its database is only used to create others)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    servers: EmbeddedServers = request.getfixturevalue("embedded")
+    if servers.postgres is None:
+        servers.urls.update(servers.start(need_postgres=True, need_redis=False))
+    return servers.urls["DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    servers: EmbeddedServers = request.getfixturevalue("embedded")
+    if servers.valkey is None:
+        servers.urls.update(servers.start(need_postgres=False, need_redis=True))
+    return servers.urls["REDIS_URL"]
+
+
+def _admin(server_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(server_url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    """A migrated database that every test database is cloned from."""
+    from pandora_users.store.app import EventStore, postgres_env
+    from pandora_users.store.migrate import migrate
+
+    name = f"pandora_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(server_url, name)
+    store = EventStore(postgres_env(url, pool_size=1, max_overflow=0, lock_timeout=5), TEST_KEK)
+    try:
+        migrate(url, store, {"data_encryption_key": TEST_KEK, "email_index_key": TEST_PEPPER})
+    finally:
+        store.close()
+    yield name
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(server_url: str, template_db: str) -> Iterator[str]:
+    name = f"pandora_t_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield _with_db(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def event_store(database_url: str) -> Iterator["EventStore"]:  # noqa: F821
+    from pandora_users.store.app import EventStore, postgres_env
+
+    store = EventStore(postgres_env(database_url, pool_size=4, max_overflow=16, lock_timeout=5), TEST_KEK)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+async def write_side(event_store: "EventStore") -> AsyncIterator["WriteSide"]:  # noqa: F821
+    from pandora_users.commands.base import WriteConfig, WriteSide
+    from pandora_users.security.hashing import Argon2Params, PasswordHasher
+    from pandora_users.security.passwords import Blocklist
+
+    hasher = PasswordHasher(
+        Argon2Params(memory_kib=8192, time_cost=1, parallelism=1, hash_length=32, salt_length=16),
+        max_concurrency=2,
+        queue_size=64,
+        queue_timeout=10.0,
+    )
+    w = WriteSide(
+        store=event_store,
+        pepper=TEST_PEPPER,
+        hasher=hasher,
+        blocklist=Blocklist.bundled(),
+        config=WriteConfig(lockout_threshold=3, session_max_per_user=5),
+    )
+    yield w
+    w.close()
+    hasher.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,59 @@
+"""The event store on real PostgreSQL: atomic appends, one global order, encryption at rest."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from pandora_users.domain import user as user_agg
+from pandora_users.store import credentials as cred
+from pandora_users.store.app import EventStore
+from pandora_users.store.recorder import CredentialConflict, CredentialOp
+from tests.unit.given import ctx
+
+
+def _register(store: EventStore, email: str = "ann@example.com") -> uuid.UUID:
+    uid = uuid.uuid4()
+    _key, wrapped = store.keys.new_key(uid)
+    event = user_agg.register(uid, email=email, first_name="Ann", last_name="Lee", role="user", ctx=ctx())
+    store.append([event], [cred.put_data_key(uid, wrapped), cred.set_password(uid, "$argon2id$fake", ctx().now)])
+    return uid
+
+
+def test_append_returns_increasing_positions_and_loads(event_store: EventStore) -> None:
+    a = _register(event_store)
+    user = event_store.load(a, user_agg.project)
+    assert user is not None and user.email == "ann@example.com"
+    (event,) = user_agg.change_role(user, "admin", ctx=ctx(1))
+    first = event_store.head_position()
+    position = event_store.append([event])
+    assert position is not None and position > first
+    assert event_store.load(a, user_agg.project).role == "admin"  # type: ignore[union-attr]
+
+
+def test_failed_credential_precondition_writes_nothing(event_store: EventStore, database_url: str) -> None:
+    uid = _register(event_store)
+    user = event_store.load(uid, user_agg.project)
+    assert user is not None
+    head = event_store.head_position()
+    failing = CredentialOp("cas", "UPDATE credentials SET password_hash = 'x' WHERE user_id = %s AND false", (uid,), 1)
+    with pytest.raises(CredentialConflict):
+        event_store.append(user_agg.change_role(user, "admin", ctx=ctx()), [failing])
+    assert event_store.head_position() == head
+    assert event_store.load(uid, user_agg.project).role == "user"  # type: ignore[union-attr]
+
+
+def test_cache_is_not_needed_to_decrypt(event_store: EventStore) -> None:
+    uid = _register(event_store)
+    event_store.keys.clear()
+    assert event_store.load(uid, user_agg.project).first_name == "Ann"  # type: ignore[union-attr]
+
+
+def test_raw_events_table_holds_no_personal_data(event_store: EventStore, database_url: str) -> None:
+    _register(event_store, "secret.person@example.com")
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT state FROM pandora_events").fetchall()
+    raw = b"".join(bytes(r[0]) for r in rows)
+    assert b"secret.person" not in raw and b"Ann" not in raw and b"argon2" not in raw
