@@ -7,6 +7,8 @@ depends on another's data.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,10 +29,13 @@ def _with_db(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
-    servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
+def embedded() -> Iterator[EmbeddedServers]:
+    # Its own directory, not pytest's tmp tree, which a concurrent pytest run may prune.
+    directory = Path(tempfile.mkdtemp(prefix="pandora-embedded-"))
+    servers = EmbeddedServers(directory)
     yield servers
     servers.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +96,7 @@ def database_url(server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def event_store(database_url: str) -> Iterator["EventStore"]:  # noqa: F821
+def event_store(database_url: str) -> Iterator[EventStore]:  # noqa: F821
     from pandora_users.store.app import EventStore, postgres_env
 
     store = EventStore(postgres_env(database_url, pool_size=4, max_overflow=16, lock_timeout=5), TEST_KEK)
@@ -100,7 +105,7 @@ def event_store(database_url: str) -> Iterator["EventStore"]:  # noqa: F821
 
 
 @pytest.fixture
-async def write_side(event_store: "EventStore") -> AsyncIterator["WriteSide"]:  # noqa: F821
+async def write_side(event_store: EventStore) -> AsyncIterator[WriteSide]:  # noqa: F821
     from pandora_users.commands.base import WriteConfig, WriteSide
     from pandora_users.security.hashing import Argon2Params, PasswordHasher
     from pandora_users.security.passwords import Blocklist

@@ -26,7 +26,13 @@ async def get_user(w: WriteSide, user_id: UUID) -> User:
 
 
 async def update_profile(
-    w: WriteSide, user_id: UUID, *, first_name: str | None, last_name: str | None, if_match: int | None, ctx: Context
+    w: WriteSide,
+    user_id: UUID,
+    *,
+    first_name: str | None,
+    last_name: str | None,
+    if_match: int | None,
+    ctx: Context,
 ) -> tuple[User, Written]:
     """PUT/PATCH /users/me. Equal names: no event."""
     first = None if first_name is None else clean_name(first_name, "first_name")
@@ -50,8 +56,13 @@ async def change_password(
     new_pw = normalize_password(new)
     c = w.config
     check_password_policy(
-        new_pw, field="new_password", email=user.email, min_length=c.password_min_length,
-        max_length=c.password_max_length, blocklist=w.blocklist, current_password=normalize_password(current),
+        new_pw,
+        field="new_password",
+        email=user.email,
+        min_length=c.password_min_length,
+        max_length=c.password_max_length,
+        blocklist=w.blocklist,
+        current_password=normalize_password(current),
     )
     verified, _ = await verify_password(w, LoginAttempt(user.email, current), ctx)
     if verified is None or verified.id != user_id:
@@ -61,14 +72,19 @@ async def change_password(
     def attempt() -> Written:
         fresh = load_live(w, user_id)
         batch = Batch(events=[user_agg.change_password(fresh, method="change", ctx=ctx)])
-        batch.ops += [cred.set_password(user_id, new_hash, ctx.now), cred.invalidate_reset_tokens(user_id, ctx.now)]
+        batch.ops += [
+            cred.set_password(user_id, new_hash, ctx.now),
+            cred.invalidate_reset_tokens(user_id, ctx.now),
+        ]
         batch.extend(end_sessions(w, user_id, "password_changed", ctx, keep=session_id))
         return commit(w, batch, user_id, fresh.version + 1)
 
     return await w.after_commit(await w.run(with_retries, attempt))
 
 
-async def delete_user(w: WriteSide, user_id: UUID, *, if_match: int | None, ctx: Context, must_be_live: bool) -> tuple[User, Written]:
+async def delete_user(
+    w: WriteSide, user_id: UUID, *, if_match: int | None, ctx: Context, must_be_live: bool
+) -> tuple[User, Written]:
     """Soft delete (self or admin): `user.deleted` and every session ends (`account_deleted`)."""
 
     def attempt() -> tuple[User, Written]:

@@ -7,7 +7,8 @@ from uuid import UUID
 
 from pandora_users.commands.base import WriteSide, Written, with_retries
 from pandora_users.commands.sessions import Batch, commit, end_sessions
-from pandora_users.domain import email_index, user as user_agg
+from pandora_users.domain import email_index
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context, Pending
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.user import User

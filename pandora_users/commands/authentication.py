@@ -10,7 +10,9 @@ from uuid import UUID
 from pandora_users.commands.base import EndedSession, WriteSide, Written, with_retries
 from pandora_users.commands.registration import SessionGrant
 from pandora_users.commands.sessions import Batch, commit, end_one, load_session
-from pandora_users.domain import email_index, session as session_agg, user as user_agg
+from pandora_users.domain import email_index
+from pandora_users.domain import session as session_agg
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken
 from pandora_users.domain.fields import canonical_email
@@ -125,13 +127,28 @@ async def log_in(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> LoginOutc
         batch = _session_limit(w, user.id, user_ctx)
         batch.events.append(
             session_agg.log_in(
-                session_id, user_id=user.id, email=user.email, audience=attempt.audience, expires_at=expires_at,
-                ip_address=attempt.ip_address, user_agent=attempt.user_agent, ctx=user_ctx,
+                session_id,
+                user_id=user.id,
+                email=user.email,
+                audience=attempt.audience,
+                expires_at=expires_at,
+                ip_address=attempt.ip_address,
+                user_agent=attempt.user_agent,
+                ctx=user_ctx,
             )
         )
         ua = attempt.user_agent[:512] if attempt.user_agent else None
         batch.ops += cred.open_session(
-            cred.NewSession(session_id, user.id, attempt.audience, ctx.now, expires_at, attempt.ip_address, ua, refresh_hash)
+            cred.NewSession(
+                session_id,
+                user.id,
+                attempt.audience,
+                ctx.now,
+                expires_at,
+                attempt.ip_address,
+                ua,
+                refresh_hash,
+            )
         )
         return commit(w, batch, session_id, 1)
 
@@ -163,7 +180,12 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
         raise InvalidRefreshToken()
     token_hash = hash_opaque_token(attempt.refresh_token)
     row = await w.run(cred.refresh_token_row, w.store.datastore, token_hash)
-    if row is None or row["ended_at"] is not None or ctx.now >= row["expires_at"] or row["audience"] != attempt.audience:
+    if (
+        row is None
+        or row["ended_at"] is not None
+        or ctx.now >= row["expires_at"]
+        or row["audience"] != attempt.audience
+    ):
         raise InvalidRefreshToken()
     idle = w.config.session_idle_timeout
     if idle and (ctx.now - row["last_used_at"]).total_seconds() >= idle:
@@ -192,7 +214,9 @@ async def _reuse_detected(w: WriteSide, session_id: UUID, attempt: RefreshAttemp
         session = load_session(w, session_id)
         if session is None or session.ended_at is not None:
             return Written(session_id, 0, None)
-        events = session_agg.detect_reuse(session, ip_address=attempt.ip_address, user_agent=attempt.user_agent, ctx=ctx)
+        events = session_agg.detect_reuse(
+            session, ip_address=attempt.ip_address, user_agent=attempt.user_agent, ctx=ctx
+        )
         batch = Batch(events=list(events), ops=[cred.end_session(session_id, "token_reuse", ctx.now)])
         batch.ended.append(EndedSession(session_id, session.user_id, "token_reuse"))
         return commit(w, batch, session_id, session.version + len(events))

@@ -35,7 +35,7 @@ class WriteConfig:
     email_verification_token_ttl: float = 24 * 3600.0
     password_reset_token_ttl: float = 3600.0
     email_verification_url: str = "http://localhost:3000/verify-email?token={token}"
-    password_reset_url: str = "http://localhost:3000/reset-password?token={token}"
+    password_reset_url: str = "http://localhost:3000/reset-password?token={token}"  # noqa: S105
     email_verification_required: bool = False
     password_min_length: int = 8
     password_max_length: int = 128
@@ -89,7 +89,9 @@ class WriteSide:
     @functools.cached_property
     def lockout(self) -> Lockout:
         return Lockout(
-            self.store.datastore, threshold=self.config.lockout_threshold, duration=self.config.lockout_duration
+            self.store.datastore,
+            threshold=self.config.lockout_threshold,
+            duration=self.config.lockout_duration,
         )
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

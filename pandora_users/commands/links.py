@@ -8,7 +8,8 @@ from uuid import UUID
 
 from pandora_users.commands.base import WriteSide, Written, with_retries
 from pandora_users.commands.sessions import Batch, commit, end_sessions
-from pandora_users.domain import email_index, link, user as user_agg
+from pandora_users.domain import email_index, link
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context, Pending
 from pandora_users.domain.errors import InvalidToken
 from pandora_users.domain.fields import canonical_email
@@ -19,14 +20,23 @@ from pandora_users.store import credentials as cred
 
 
 def _request_link(w: WriteSide, user: User, purpose: str, ctx: Context) -> Batch:
-    ttl = w.config.email_verification_token_ttl if purpose == "email_verification" else w.config.password_reset_token_ttl
+    ttl = (
+        w.config.email_verification_token_ttl if purpose == "email_verification" else w.config.password_reset_token_ttl
+    )
     url = w.config.email_verification_url if purpose == "email_verification" else w.config.password_reset_url
     token, token_hash = new_opaque_token()
     expires_at = ctx.now + timedelta(seconds=ttl)
     current = w.store.load(link.link_id(user.id, purpose), link.project)
     event = link.request(
-        current, user_id=user.id, purpose=purpose, email=user.email, first_name=user.first_name,
-        token=token, url_template=url, expires_at=expires_at, ctx=ctx,
+        current,
+        user_id=user.id,
+        purpose=purpose,
+        email=user.email,
+        first_name=user.first_name,
+        token=token,
+        url_template=url,
+        expires_at=expires_at,
+        ctx=ctx,
     )
     return Batch(events=[event], ops=cred.issue_link_token(user.id, purpose, token_hash, ctx.now, expires_at))
 
@@ -104,8 +114,12 @@ async def reset_password(w: WriteSide, token: str, new_password: str, ctx: Conte
     password = normalize_password(new_password)
     c = w.config
     check_password_policy(
-        password, field="new_password", email=live.user.email, min_length=c.password_min_length,
-        max_length=c.password_max_length, blocklist=w.blocklist,
+        password,
+        field="new_password",
+        email=live.user.email,
+        min_length=c.password_min_length,
+        max_length=c.password_max_length,
+        blocklist=w.blocklist,
     )
     new_hash = await w.hasher.hash(password)
     key = email_index.index_id(w.pepper, live.user.email)

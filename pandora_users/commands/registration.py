@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 from pandora_users.commands.base import WriteSide, Written, with_retries
 from pandora_users.commands.sessions import Batch, commit, end_sessions
-from pandora_users.domain import email_index, link, session as session_agg, user as user_agg
+from pandora_users.domain import email_index, link
+from pandora_users.domain import session as session_agg
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import UserAlreadyExists
 from pandora_users.domain.fields import clean_name, require_email
@@ -61,8 +64,12 @@ async def register(w: WriteSide, reg: Registration, ctx: Context) -> SessionGran
     password = normalize_password(reg.password)
     c = w.config
     check_password_policy(
-        password, field="password", email=email, min_length=c.password_min_length,
-        max_length=c.password_max_length, blocklist=w.blocklist,
+        password,
+        field="password",
+        email=email,
+        min_length=c.password_min_length,
+        max_length=c.password_max_length,
+        blocklist=w.blocklist,
     )
     password_hash = await w.hasher.hash(password)
     user_id, session_id = uuid.uuid4(), uuid.uuid4()
@@ -77,25 +84,48 @@ async def register(w: WriteSide, reg: Registration, ctx: Context) -> SessionGran
             batch = _claim(w, email, user_id, user_ctx)
         except _AlreadyOurs:
             return Written(user_id, 1, None)
-        registered = user_agg.register(user_id, email=email, first_name=first, last_name=last, role="user", ctx=user_ctx)
+        registered = user_agg.register(
+            user_id, email=email, first_name=first, last_name=last, role="user", ctx=user_ctx
+        )
         _key, wrapped = w.store.keys.new_key(user_id)
         batch.events += [
             registered,
             session_agg.log_in(
-                session_id, user_id=user_id, email=email, audience="pandora-api", expires_at=expires_at,
-                ip_address=reg.ip_address, user_agent=reg.user_agent, ctx=user_ctx,
+                session_id,
+                user_id=user_id,
+                email=email,
+                audience="pandora-api",
+                expires_at=expires_at,
+                ip_address=reg.ip_address,
+                user_agent=reg.user_agent,
+                ctx=user_ctx,
             ),
             link.request(
-                None, user_id=user_id, purpose="email_verification", email=email, first_name=first,
-                token=link_token, url_template=c.email_verification_url, expires_at=link_expires, ctx=user_ctx,
+                None,
+                user_id=user_id,
+                purpose="email_verification",
+                email=email,
+                first_name=first,
+                token=link_token,
+                url_template=c.email_verification_url,
+                expires_at=link_expires,
+                ctx=user_ctx,
             ),
         ]
         batch.ops += [
             cred.put_data_key(user_id, wrapped),
             cred.set_password(user_id, password_hash, ctx.now),
             *cred.open_session(
-                cred.NewSession(session_id, user_id, "pandora-api", ctx.now, expires_at, reg.ip_address,
-                                reg.user_agent[:512] if reg.user_agent else None, refresh_hash)
+                cred.NewSession(
+                    session_id,
+                    user_id,
+                    "pandora-api",
+                    ctx.now,
+                    expires_at,
+                    reg.ip_address,
+                    reg.user_agent[:512] if reg.user_agent else None,
+                    refresh_hash,
+                )
             ),
             *cred.issue_link_token(user_id, "email_verification", link_hash, ctx.now, link_expires),
         ]
@@ -106,7 +136,10 @@ async def register(w: WriteSide, reg: Registration, ctx: Context) -> SessionGran
     except BaseException:
         w.store.keys.forget(user_id)
         raise
-    user = user_agg.apply(None, user_agg.register(user_id, email=email, first_name=first, last_name=last, role="user", ctx=user_ctx))
+    user = user_agg.apply(
+        None,
+        user_agg.register(user_id, email=email, first_name=first, last_name=last, role="user", ctx=user_ctx),
+    )
     return SessionGrant(user, session_id, "pandora-api", refresh_token, expires_at, ctx.now, written.position)
 
 
@@ -118,9 +151,19 @@ class AdminCreated:
 
 
 async def create_admin(
-    w: WriteSide, *, email: str, password: str, first_name: str, last_name: str, promote: bool, ctx: Context
+    w: WriteSide,
+    *,
+    email: str,
+    password: Callable[[], str],
+    first_name: str,
+    last_name: str,
+    promote: bool,
+    ctx: Context,
 ) -> AdminCreated:
-    """SPEC §11 create-admin: a verified admin, or (--promote) an existing live user made admin."""
+    """SPEC §11 create-admin: a verified admin, or (--promote) an existing live user made admin.
+
+    `password` is asked for only when a new account is created.
+    """
     canonical = require_email(email)
     first, last = clean_name(first_name, "first_name"), clean_name(last_name, "last_name")
     index_uuid = email_index.index_id(w.pepper, canonical)
@@ -129,17 +172,28 @@ async def create_admin(
         if not promote:
             raise UserAlreadyExists()
         return await _promote(w, index.owner, ctx)
-    pw = normalize_password(password)
+    pw = normalize_password(password())
     c = w.config
-    check_password_policy(pw, field="password", email=canonical, min_length=c.password_min_length,
-                          max_length=c.password_max_length, blocklist=w.blocklist)
+    check_password_policy(
+        pw,
+        field="password",
+        email=canonical,
+        min_length=c.password_min_length,
+        max_length=c.password_max_length,
+        blocklist=w.blocklist,
+    )
     password_hash = await w.hasher.hash(pw)
     user_id = uuid.uuid4()
 
     def attempt() -> Written:
         batch = _claim(w, canonical, user_id, ctx)
-        registered = user_agg.register(user_id, email=canonical, first_name=first, last_name=last, role="admin", ctx=ctx)
-        batch.events += [registered, *user_agg.verify_email(user_agg.apply(None, registered), method="admin_cli", ctx=ctx)]
+        registered = user_agg.register(
+            user_id, email=canonical, first_name=first, last_name=last, role="admin", ctx=ctx
+        )
+        batch.events += [
+            registered,
+            *user_agg.verify_email(user_agg.apply(None, registered), method="admin_cli", ctx=ctx),
+        ]
         _key, wrapped = w.store.keys.new_key(user_id)
         batch.ops += [cred.put_data_key(user_id, wrapped), cred.set_password(user_id, password_hash, ctx.now)]
         return commit(w, batch, user_id, 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -14,9 +13,9 @@ from pandora_users.domain.context import Context
 from pandora_users.domain.errors import InvalidRefreshToken, SessionNotFound
 from pandora_users.domain.events import DomainEvent
 from pandora_users.domain.session import Session
+from pandora_users.security.tokens import hash_opaque_token
 from pandora_users.store import credentials as cred
 from pandora_users.store.recorder import CredentialOp
-from pandora_users.security.tokens import hash_opaque_token
 
 
 @dataclass
@@ -37,9 +36,7 @@ def load_session(w: WriteSide, session_id: UUID) -> Session | None:
     return w.store.load(session_id, session_agg.project)
 
 
-def end_sessions(
-    w: WriteSide, user_id: UUID, reason: str, ctx: Context, *, keep: UUID | None = None
-) -> Batch:
+def end_sessions(w: WriteSide, user_id: UUID, reason: str, ctx: Context, *, keep: UUID | None = None) -> Batch:
     """End every live session of a user (both audiences), except `keep`."""
     batch = Batch()
     rows = cred.live_sessions(w.store.datastore, user_id, ctx.now, w.config.session_idle_timeout)
@@ -126,5 +123,3 @@ async def log_out_all(w: WriteSide, user_id: UUID, ctx: Context) -> Written:
         return commit(w, batch, user_id, user.version + (1 if ids else 0))
 
     return await w.after_commit(await w.run(with_retries, attempt))
-
-

@@ -27,13 +27,21 @@ ERROR_TABLE: dict[str, tuple[int, str, str]] = {
     "not_found": (404, "NOT_FOUND", "not found"),
     "method_not_allowed": (405, "UNIMPLEMENTED", "method not allowed"),
     "user_already_exists": (409, "ALREADY_EXISTS", "user with this email already exists"),
-    "invalid_kyc_transition": (409, "FAILED_PRECONDITION", "KYC status can only be resubmitted after a rejection"),
+    "invalid_kyc_transition": (
+        409,
+        "FAILED_PRECONDITION",
+        "KYC status can only be resubmitted after a rejection",
+    ),
     "user_erased": (409, "FAILED_PRECONDITION", "user has been erased"),
     "request_in_progress": (409, "ABORTED", "a request with this idempotency key is in progress"),
     "version_conflict": (412, "FAILED_PRECONDITION", "the resource has been modified"),
     "payload_too_large": (413, "RESOURCE_EXHAUSTED", "request body too large"),
     "unsupported_media_type": (415, "INVALID_ARGUMENT", "content type must be application/json"),
-    "idempotency_key_reused": (422, "INVALID_ARGUMENT", "idempotency key already used with a different request"),
+    "idempotency_key_reused": (
+        422,
+        "INVALID_ARGUMENT",
+        "idempotency key already used with a different request",
+    ),
     "account_locked": (423, "PERMISSION_DENIED", "account temporarily locked"),
     "rate_limit_exceeded": (429, "RESOURCE_EXHAUSTED", "too many requests, please try again later"),
     "internal_error": (500, "INTERNAL", "an internal error occurred"),
@@ -72,7 +80,6 @@ class DomainError(Exception):
     @property
     def grpc_status(self) -> str:
         return ERROR_TABLE[self.code][1]
-
 
 
 class InvalidRequest(DomainError):

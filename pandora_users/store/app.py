@@ -67,7 +67,7 @@ class EventStore(Application[UUID]):
     def load(self, aggregate_id: UUID, project: Callable[[S | None, Iterable[DomainEvent]], S | None]) -> S | None:
         """The aggregate's current state, or None when it has no events."""
         try:
-            state: S = self.repository.get(aggregate_id, projector_func=project)  # type: ignore[arg-type]
+            state: S = self.repository.get(aggregate_id, projector_func=project)  # type: ignore[type-var,assignment]
         except AggregateNotFoundError:
             return None
         return state

@@ -59,7 +59,16 @@ def open_session(s: NewSession) -> list[CredentialOp]:
             "open_session",
             "INSERT INTO sessions (id, user_id, audience, created_at, last_used_at, expires_at, generation,"
             " ip_address, user_agent) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s)",
-            (s.session_id, s.user_id, s.audience, s.created_at, s.created_at, s.expires_at, s.ip_address, s.user_agent),
+            (
+                s.session_id,
+                s.user_id,
+                s.audience,
+                s.created_at,
+                s.created_at,
+                s.expires_at,
+                s.ip_address,
+                s.user_agent,
+            ),
         ),
         CredentialOp(
             "first_refresh_token",
@@ -78,7 +87,9 @@ def end_session(session_id: UUID, reason: str, now: datetime) -> CredentialOp:
     )
 
 
-def issue_link_token(user_id: UUID, purpose: str, token_hash: bytes, now: datetime, expires_at: datetime) -> list[CredentialOp]:
+def issue_link_token(
+    user_id: UUID, purpose: str, token_hash: bytes, now: datetime, expires_at: datetime
+) -> list[CredentialOp]:
     """A new link token supersedes the unused ones of the same purpose."""
     return [
         CredentialOp(
@@ -89,7 +100,8 @@ def issue_link_token(user_id: UUID, purpose: str, token_hash: bytes, now: dateti
         ),
         CredentialOp(
             "issue_link_token",
-            "INSERT INTO link_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO link_tokens (token_hash, user_id, purpose, created_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s)",
             (token_hash, user_id, purpose, now, expires_at),
         ),
     ]

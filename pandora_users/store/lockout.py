@@ -84,7 +84,12 @@ class Lockout:
         return Reservation(False, locked_until=until if until and until > now else None)
 
     def fail(self, key: UUID, now: datetime) -> Failure:
-        params = {"key": key, "now": now, "threshold": self.threshold, "until": now + timedelta(seconds=self.duration)}
+        params = {
+            "key": key,
+            "now": now,
+            "threshold": self.threshold,
+            "until": now + timedelta(seconds=self.duration),
+        }
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(_FAIL.encode(), params, prepare=True)
             row = curs.fetchone()

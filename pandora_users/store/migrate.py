@@ -104,7 +104,8 @@ def _record_fingerprints(conn: psycopg.Connection[tuple[object, ...]], keys: dic
 
 
 def _compare_fingerprints(conn: psycopg.Connection[tuple[object, ...]], keys: dict[str, bytes]) -> None:
-    stored = dict(conn.execute("SELECT name, fingerprint FROM service_fingerprints").fetchall())
+    rows = conn.execute("SELECT name, fingerprint FROM service_fingerprints").fetchall()
+    stored = {str(name): str(value) for name, value in rows}
     for name, key in keys.items():
         if name in stored and not hmac.compare_digest(str(stored[name]), fingerprint(key)):
             raise KeyMismatch(f"{name.upper()} does not match the fingerprint stored in the database")

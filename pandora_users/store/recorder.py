@@ -45,7 +45,7 @@ class CredentialOp:
 
 
 class PandoraRecorder(PostgresApplicationRecorder):
-    def insert_events(  # type: ignore[override]
+    def insert_events(
         self,
         stored_events: Sequence[StoredEvent],
         *,

@@ -10,7 +10,9 @@ import pytest
 from pandora_users.commands import admin, registration
 from pandora_users.commands.base import WriteSide
 from pandora_users.commands.registration import Registration
-from pandora_users.domain import email_index, events as ev, user as user_agg
+from pandora_users.domain import email_index
+from pandora_users.domain import events as ev
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import InvalidRequest, UserAlreadyExists, WeakPassword
 from tests.conftest import TEST_PEPPER
@@ -19,7 +21,14 @@ PASSWORD = "correct horse battery staple"
 
 
 def reg(email: str = "Ann@Example.com") -> Registration:
-    return Registration(email=email, password=PASSWORD, first_name=" Ann ", last_name="Lee", ip_address="203.0.113.7", user_agent="pytest")
+    return Registration(
+        email=email,
+        password=PASSWORD,
+        first_name=" Ann ",
+        last_name="Lee",
+        ip_address="203.0.113.7",
+        user_agent="pytest",
+    )
 
 
 async def test_register_creates_user_session_and_verification_link(write_side: WriteSide, database_url: str) -> None:
@@ -31,7 +40,9 @@ async def test_register_creates_user_session_and_verification_link(write_side: W
         sessions = conn.execute("SELECT user_id, audience, ip_address FROM sessions").fetchall()
         links = conn.execute("SELECT purpose FROM link_tokens").fetchall()
     assert topics == [
-        ev.EmailIndexClaimed.TOPIC, ev.UserRegistered.TOPIC, ev.SessionLoggedIn.TOPIC,
+        ev.EmailIndexClaimed.TOPIC,
+        ev.UserRegistered.TOPIC,
+        ev.SessionLoggedIn.TOPIC,
         ev.LinkEmailVerificationRequested.TOPIC,
     ]
     assert sessions == [(grant.user.id, "pandora-api", "203.0.113.7")]
@@ -61,24 +72,42 @@ async def test_twenty_concurrent_registrations_of_one_email(write_side: WriteSid
     assert len(winners) == 1
     assert all(isinstance(r, UserAlreadyExists) for r in results if r not in winners)
     with psycopg.connect(database_url) as conn:
-        users = conn.execute("SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.UserRegistered.TOPIC,)).fetchone()
-        claims = conn.execute("SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.EmailIndexClaimed.TOPIC,)).fetchone()
+        users = conn.execute(
+            "SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.UserRegistered.TOPIC,)
+        ).fetchone()
+        claims = conn.execute(
+            "SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.EmailIndexClaimed.TOPIC,)
+        ).fetchone()
         keys = conn.execute("SELECT count(*) FROM subject_keys").fetchone()
         creds = conn.execute("SELECT count(*) FROM credentials").fetchone()
     assert users == claims == keys == creds == (1,)
 
 
-async def test_erase_keeps_events_shreds_personal_data_and_frees_email(write_side: WriteSide, database_url: str) -> None:
-    grant = await registration.register(write_side, reg("erase.me@example.com"), Context(metadata={"ip_address": "198.51.100.4"}))
+async def test_erase_keeps_events_shreds_personal_data_and_frees_email(
+    write_side: WriteSide, database_url: str
+) -> None:
+    grant = await registration.register(
+        write_side, reg("erase.me@example.com"), Context(metadata={"ip_address": "198.51.100.4"})
+    )
     uid = grant.user.id
-    _, written = await admin.erase(write_side, uid, if_match=None, ctx=Context(metadata={"actor_id": "cli", "actor_role": "admin", "reason": "gdpr request"}))
+    _, written = await admin.erase(
+        write_side,
+        uid,
+        if_match=None,
+        ctx=Context(metadata={"actor_id": "cli", "actor_role": "admin", "reason": "gdpr request"}),
+    )
     assert [e.reason for e in written.ended_sessions] == ["account_erased"]
     write_side.store.keys.clear()
     user = write_side.store.load(uid, user_agg.project)
     assert user is not None and user.erased_at is not None and user.email == ev.ERASED
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT originator_id, originator_version, topic, state FROM pandora_events ORDER BY notification_id").fetchall()
-        leftovers = [conn.execute(f"SELECT count(*) FROM {t} WHERE user_id = %s", (uid,)).fetchone() for t in ("credentials", "sessions", "link_tokens", "subject_keys")]
+        rows = conn.execute(
+            "SELECT originator_id, originator_version, topic, state FROM pandora_events ORDER BY notification_id"
+        ).fetchall()
+        leftovers = [
+            conn.execute(f"SELECT count(*) FROM {t} WHERE user_id = %s", (uid,)).fetchone()
+            for t in ("credentials", "sessions", "link_tokens", "subject_keys")
+        ]
     assert leftovers == [(0,)] * 4
     from eventsourcing.persistence import StoredEvent
 

@@ -63,9 +63,7 @@ async def test_round_trip_and_phc_format() -> None:
     hasher = make_hasher()
     stored = await hasher.hash("correct horse battery staple")
     assert stored.startswith("$argon2id$v=19$m=8192,t=1,p=1$")
-    assert await hasher.verify(stored, "correct horse battery staple") == VerifyResult(
-        ok=True, needs_rehash=False
-    )
+    assert await hasher.verify(stored, "correct horse battery staple") == VerifyResult(ok=True, needs_rehash=False)
     assert await hasher.verify(stored, "correct horse battery stapler") == VerifyResult(ok=False)
     assert hasher.in_flight == 0
     assert hasher.queue_depth == 0

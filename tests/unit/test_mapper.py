@@ -20,8 +20,13 @@ TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
 METADATA = st.fixed_dictionaries(
     {},
     optional={
-        "actor_id": TEXT, "actor_role": TEXT, "request_id": TEXT, "reason": TEXT,
-        "ip_address": TEXT, "user_agent": TEXT, "trace_id": TEXT,
+        "actor_id": TEXT,
+        "actor_role": TEXT,
+        "request_id": TEXT,
+        "reason": TEXT,
+        "ip_address": TEXT,
+        "user_agent": TEXT,
+        "trace_id": TEXT,
     },
 )
 
@@ -112,8 +117,15 @@ def test_personal_data_never_stored_in_clear(event: ev.DomainEvent) -> None:
 def test_personal_event_without_key_is_refused() -> None:
     uid, now = uuid.uuid4(), datetime.now(UTC)
     event = ev.UserRegistered(
-        originator_id=uid, originator_version=1, timestamp=now, user_id=uid,
-        email="a@b.co", first_name="A", last_name="B", role="user", kyc_status="pending",
+        originator_id=uid,
+        originator_version=1,
+        timestamp=now,
+        user_id=uid,
+        email="a@b.co",
+        first_name="A",
+        last_name="B",
+        role="user",
+        kyc_status="pending",
     )
     with pytest.raises(MissingDataKey):
         PersonalDataMapper(Keys()).to_stored_event(event)
@@ -126,7 +138,9 @@ def test_ciphertext_bound_to_its_event() -> None:
     keys.keys[uid] = bytes(32)
     mapper = PersonalDataMapper(keys)
     now = datetime.now(UTC)
-    a = ev.UserDeleted(originator_id=uid, originator_version=2, timestamp=now, user_id=uid, email="a@b.co", deleted_at=now)
+    a = ev.UserDeleted(
+        originator_id=uid, originator_version=2, timestamp=now, user_id=uid, email="a@b.co", deleted_at=now
+    )
     b = msgspec.structs.replace(a, originator_version=3)
     stored_a, stored_b = mapper.to_stored_event(a), mapper.to_stored_event(b)
     swapped = msgspec.json.decode(stored_b.state)

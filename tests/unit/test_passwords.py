@@ -150,9 +150,7 @@ def test_not_sequential(password: str) -> None:
 
 
 def test_bundled_blocklist_size_and_lengths() -> None:
-    text = (
-        resources.files("pandora_users.security").joinpath("data", "common-passwords.txt").read_text("utf-8")
-    )
+    text = resources.files("pandora_users.security").joinpath("data", "common-passwords.txt").read_text("utf-8")
     lines = text.splitlines()
     assert len(lines) >= 10_000
     assert len(set(lines)) == len(lines)

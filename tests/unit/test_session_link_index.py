@@ -16,8 +16,14 @@ from tests.unit.given import T0, ctx, given, then
 
 def logged_in(audience: str = "pandora-api") -> ev.SessionLoggedIn:
     return s.log_in(
-        uuid.uuid4(), user_id=uuid.uuid4(), email="ann@example.com", audience=audience,
-        expires_at=T0 + timedelta(hours=168), ip_address="203.0.113.9", user_agent="x" * 600, ctx=ctx(),
+        uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        email="ann@example.com",
+        audience=audience,
+        expires_at=T0 + timedelta(hours=168),
+        ip_address="203.0.113.9",
+        user_agent="x" * 600,
+        ctx=ctx(),
     )
 
 
@@ -35,7 +41,10 @@ def test_unknown_audience_refused() -> None:
 
 def test_logout_then_nothing_more() -> None:
     session = given(s.project, logged_in())
-    then(s.log_out(session, ctx=ctx(1)), (ev.SessionLoggedOut, {"originator_version": 2, "audience": "pandora-api"}))
+    then(
+        s.log_out(session, ctx=ctx(1)),
+        (ev.SessionLoggedOut, {"originator_version": 2, "audience": "pandora-api"}),
+    )
     ended = s.apply(session, s.log_out(session, ctx=ctx(1))[0])
     assert ended.end_reason == "logged_out" and not ended.is_live(T0)
     assert s.log_out(ended, ctx=ctx(2)) == []
@@ -45,7 +54,10 @@ def test_logout_then_nothing_more() -> None:
 @pytest.mark.parametrize("reason", sorted(s.REVOKE_REASONS))
 def test_revoke_with_every_reason(reason: str) -> None:
     session = given(s.project, logged_in())
-    then(s.revoke(session, reason, ctx=ctx()), (ev.SessionRevoked, {"reason": reason, "session_id": str(session.id)}))
+    then(
+        s.revoke(session, reason, ctx=ctx()),
+        (ev.SessionRevoked, {"reason": reason, "session_id": str(session.id)}),
+    )
 
 
 def test_revoke_unknown_reason_refused() -> None:
@@ -69,14 +81,28 @@ def test_link_ids_are_derived_and_versions_grow() -> None:
     assert link.link_id(user_id, "password_reset") == link.link_id(user_id, "password_reset")
     assert link.link_id(user_id, "password_reset") != link.link_id(user_id, "email_verification")
     first = link.request(
-        None, user_id=user_id, purpose="password_reset", email="a@b.co", first_name="A", token="tok",
-        url_template="https://x/reset?token={token}", expires_at=T0, ctx=ctx(),
+        None,
+        user_id=user_id,
+        purpose="password_reset",
+        email="a@b.co",
+        first_name="A",
+        token="tok",
+        url_template="https://x/reset?token={token}",
+        expires_at=T0,
+        ctx=ctx(),
     )
     assert isinstance(first, ev.LinkPasswordResetRequested) and first.link == "https://x/reset?token=tok"
     state = given(link.project, first)
     second = link.request(
-        state, user_id=user_id, purpose="password_reset", email="a@b.co", first_name="A", token="t2",
-        url_template="https://x/{token}", expires_at=T0, ctx=ctx(),
+        state,
+        user_id=user_id,
+        purpose="password_reset",
+        email="a@b.co",
+        first_name="A",
+        token="t2",
+        url_template="https://x/{token}",
+        expires_at=T0,
+        ctx=ctx(),
     )
     assert second.originator_version == 2
 

@@ -26,7 +26,9 @@ class UserMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.minute = 0
-        first = u.register(uuid.uuid4(), email="ann@example.com", first_name="Ann", last_name="Lee", role="user", ctx=ctx())
+        first = u.register(
+            uuid.uuid4(), email="ann@example.com", first_name="Ann", last_name="Lee", role="user", ctx=ctx()
+        )
         self.events: list[DomainEvent] = [first]
         self.user = u.apply(None, first)
         self.model = {"kyc": "pending", "role": "user", "deleted": False, "erased": False, "first": "Ann"}
@@ -120,8 +122,14 @@ class SessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         first = s.log_in(
-            uuid.uuid4(), user_id=uuid.uuid4(), email="a@b.co", audience="pandora-api",
-            expires_at=T0 + timedelta(days=7), ip_address=None, user_agent=None, ctx=ctx(),
+            uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            email="a@b.co",
+            audience="pandora-api",
+            expires_at=T0 + timedelta(days=7),
+            ip_address=None,
+            user_agent=None,
+            ctx=ctx(),
         )
         self.events: list[DomainEvent] = [first]
         self.session = s.apply(None, first)

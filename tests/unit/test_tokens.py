@@ -128,9 +128,7 @@ def service(eddsa: KeySet, clock: Clock) -> TokenService:
     return TokenService(KeyRing(eddsa), ISSUER, 900, clock=clock)
 
 
-def issue(
-    service: TokenService, *, session_expires_at: float = T0 + 7 * 86400, audience: str = "pandora-api"
-) -> str:
+def issue(service: TokenService, *, session_expires_at: float = T0 + 7 * 86400, audience: str = "pandora-api") -> str:
     return service.issue_access(
         user_id="user-1",
         email="jane@example.com",
@@ -249,9 +247,7 @@ def test_alg_none_is_never_accepted(service: TokenService) -> None:
     header = {"alg": "none", "typ": "at+jwt", "kid": "2026-01-01"}
     assert reason_of(service, forge(header, good_claims())) == "malformed"  # empty signature segment
     assert reason_of(service, forge(header, good_claims(), signature=b"x")) == "bad_signature"
-    assert (
-        reason_of(service, forge({**header, "alg": "None"}, good_claims(), signature=b"x")) == "bad_signature"
-    )
+    assert reason_of(service, forge({**header, "alg": "None"}, good_claims(), signature=b"x")) == "bad_signature"
 
 
 def test_hs256_is_refused_when_eddsa_is_configured(service: TokenService, eddsa: KeySet) -> None:
@@ -263,9 +259,7 @@ def test_hs256_is_refused_when_eddsa_is_configured(service: TokenService, eddsa:
 
 def test_eddsa_is_refused_when_hs256_is_configured(eddsa: KeySet, clock: Clock) -> None:
     hs = TokenService(hs256_keyset(SECRET, "2026-01-01"), ISSUER, 900, clock=clock)
-    token = forge(
-        {"alg": "EdDSA", "typ": "at+jwt", "kid": "2026-01-01"}, good_claims(), ed25519=raw_ed25519(eddsa)
-    )
+    token = forge({"alg": "EdDSA", "typ": "at+jwt", "kid": "2026-01-01"}, good_claims(), ed25519=raw_ed25519(eddsa))
     assert reason_of(hs, token) == "bad_signature"
 
 
@@ -283,9 +277,7 @@ def test_eddsa_is_refused_when_hs256_is_configured(eddsa: KeySet, clock: Clock) 
         {"alg": "EdDSA", "typ": None, "kid": "2026-01-01"},
     ],
 )
-def test_header_must_hold_exactly_alg_typ_kid(
-    service: TokenService, eddsa: KeySet, header: dict[str, Any]
-) -> None:
+def test_header_must_hold_exactly_alg_typ_kid(service: TokenService, eddsa: KeySet, header: dict[str, Any]) -> None:
     assert reason_of(service, forge(header, good_claims(), ed25519=raw_ed25519(eddsa))) == "malformed"
 
 
@@ -321,17 +313,13 @@ def test_duplicate_keys_are_rejected(service: TokenService, eddsa: KeySet) -> No
         {"amr": "pwd"},
     ],
 )
-def test_required_claims_with_json_types(
-    service: TokenService, eddsa: KeySet, changes: dict[str, Any]
-) -> None:
+def test_required_claims_with_json_types(service: TokenService, eddsa: KeySet, changes: dict[str, Any]) -> None:
     header = {"alg": "EdDSA", "typ": "at+jwt", "kid": "2026-01-01"}
     token = forge(header, good_claims(**changes), ed25519=raw_ed25519(eddsa))
     assert reason_of(service, token, audience=None) == "malformed"
 
 
-@pytest.mark.parametrize(
-    "claims_text", ['["not", "an", "object"]', '{"exp": NaN}', "not json", '{"iss": 1} x']
-)
+@pytest.mark.parametrize("claims_text", ['["not", "an", "object"]', '{"exp": NaN}', "not json", '{"iss": 1} x'])
 def test_payload_must_be_a_strict_json_object(service: TokenService, eddsa: KeySet, claims_text: str) -> None:
     header = {"alg": "EdDSA", "typ": "at+jwt", "kid": "2026-01-01"}
     assert reason_of(service, forge(header, claims_text, ed25519=raw_ed25519(eddsa))) == "malformed"
@@ -570,11 +558,7 @@ def test_jwks_shape(eddsa: KeySet) -> None:
         "sig",
         "EdDSA",
     )
-    public = (
-        raw_ed25519(eddsa)
-        .public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    public = raw_ed25519(eddsa).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert entry["x"] == b64(public)
     assert json.loads(json.dumps(document)) == document
     assert jwks(hs256_keyset(SECRET, "static-v1")) == {"keys": []}

@@ -34,7 +34,10 @@ def test_register_rejects_unknown_role() -> None:
 def test_verify_email_once() -> None:
     user = given(u.project, registered())
     events = u.verify_email(user, method="link", ctx=ctx(1))
-    then(events, (ev.UserEmailVerified, {"method": "link", "originator_version": 2, "email": "ann@example.com"}))
+    then(
+        events,
+        (ev.UserEmailVerified, {"method": "link", "originator_version": 2, "email": "ann@example.com"}),
+    )
     verified = given(u.project, registered(user.id), *events)
     assert verified.email_verified_at == T0 + timedelta(minutes=1)
     assert u.verify_email(verified, method="link", ctx=ctx(2)) == []
@@ -109,7 +112,11 @@ def test_delete_restore_erase_lifecycle() -> None:
     restored = u.apply(deleted, u.restore(deleted, ctx=ctx(3))[0])
     assert restored.is_active
     erased = u.apply(restored, u.erase(restored, ctx=ctx(4))[0])
-    assert (erased.email, erased.first_name, erased.erased_at) == (ev.ERASED, ev.ERASED, T0 + timedelta(minutes=4))
+    assert (erased.email, erased.first_name, erased.erased_at) == (
+        ev.ERASED,
+        ev.ERASED,
+        T0 + timedelta(minutes=4),
+    )
     assert u.erase(erased, ctx=ctx(5)) == []
     with pytest.raises(UserErased):
         u.restore(erased, ctx=ctx(5))

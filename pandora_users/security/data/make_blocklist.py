@@ -50,7 +50,7 @@ def qualifying(candidates: Iterable[str]) -> list[str]:
 
 def zxcvbn_passwords() -> list[str]:
     """The zxcvbn `passwords` frequency list, most common first."""
-    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # noqa: PLC0415 (tool-only dependency)
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
     value = FREQUENCY_LISTS["passwords"]
     return value.split(",") if isinstance(value, str) else list(value)

@@ -1,0 +1,55 @@
+"""The one error shape of SPEC §2.6, for domain errors and framework errors alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from loguru import logger
+
+from pandora_users.domain.errors import ERROR_TABLE, DomainError
+
+_BY_STATUS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_body(code: str, message: str | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": code, "message": message or ERROR_TABLE[code][2], "code": code.upper()}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[Any]:
+    headers = dict(headers or {})
+    retry = body.get("retry_after_seconds")
+    if retry is not None:
+        headers["Retry-After"] = str(retry)
+    return Response(content=body, status_code=status, headers=headers, media_type="application/json")
+
+
+def domain_error_handler(_: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    details = [{"field": d.field, "message": d.message} for d in exc.details] or None
+    return error_response(exc.http_status, error_body(exc.code, exc.message, details=details, **exc.extra))
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code = _BY_STATUS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+    return error_response(exc.status_code, error_body(code), dict(exc.headers or {}))
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, error_body("internal_error"))
+
+
+EXCEPTION_HANDLERS: Any = {
+    DomainError: domain_error_handler,
+    HTTPException: http_error_handler,
+    Exception: internal_error_handler,
+}

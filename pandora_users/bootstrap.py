@@ -1,0 +1,199 @@
+"""The composition root: builds every part from `Settings` once and hands it down.
+
+Nothing here runs at import. Failures that end the process carry their exit code (SPEC §10.4, §11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import psycopg
+from loguru import logger
+from redis.asyncio import Redis
+
+from api.system import Readiness
+from pandora_users.commands.base import WriteConfig, WriteSide
+from pandora_users.config.dev_secrets import ensure_dev_secrets
+from pandora_users.config.settings import Settings
+from pandora_users.infra.embedded import EmbeddedServers
+from pandora_users.security.hashing import PasswordHasher
+from pandora_users.security.keys import (
+    KeyMaterialError,
+    KeyRing,
+    KeySet,
+    generate_dev_key,
+    hs256_keyset,
+    load_eddsa_keys_dir,
+    load_eddsa_mapping,
+    load_eddsa_pem,
+)
+from pandora_users.security.passwords import Blocklist
+from pandora_users.security.tokens import TokenService
+from pandora_users.store import migrate as migrations
+from pandora_users.store.app import EventStore, postgres_env
+
+DB_WAIT = 30.0
+
+
+class Fatal(Exception):
+    """Ends the process with `exit_code` after printing `message` (already in SPEC's format)."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+
+
+def with_dependencies(settings: Settings, servers: EmbeddedServers | None) -> Settings:
+    """Start or reuse embedded servers where nothing is configured (dev/test), and dev secrets."""
+    if servers is not None and (settings.embedded_postgres or settings.embedded_redis):
+        urls = servers.start(need_postgres=settings.embedded_postgres, need_redis=settings.embedded_redis)
+        from pandora_users.config.secret import Secret
+
+        settings = msgspec.structs.replace(
+            settings,
+            resolved_database_url=Secret(urls["DATABASE_URL"])
+            if "DATABASE_URL" in urls
+            else settings.resolved_database_url,
+            resolved_redis_url=Secret(urls["REDIS_URL"]) if "REDIS_URL" in urls else settings.resolved_redis_url,
+        )
+    return ensure_dev_secrets(settings)
+
+
+def database_url(settings: Settings) -> str:
+    if settings.resolved_database_url is None:
+        raise Fatal(3, "configuration error: DATABASE_URL: no database configured")
+    return settings.resolved_database_url.get()
+
+
+def crypto_keys(settings: Settings) -> dict[str, bytes]:
+    if settings.data_encryption_key is None or settings.email_index_key is None:
+        raise Fatal(3, "configuration error: DATA_ENCRYPTION_KEY: missing")
+    return {
+        "data_encryption_key": settings.data_encryption_key.get(),
+        "email_index_key": settings.email_index_key.get().encode(),
+    }
+
+
+def wait_for_postgres(url: str, timeout: float = DB_WAIT) -> None:
+    """PostgreSQL unreachable for `timeout` seconds at start-up ends the process with exit code 4."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise Fatal(4, f"error: PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from exc
+            time.sleep(0.5)
+
+
+def open_store(settings: Settings) -> EventStore:
+    env = postgres_env(
+        database_url(settings),
+        pool_size=settings.db_pool_min,
+        max_overflow=settings.db_pool_max - settings.db_pool_min,
+        lock_timeout=settings.db_lock_timeout,
+    )
+    return EventStore(env, crypto_keys(settings)["data_encryption_key"])
+
+
+def ensure_schema(settings: Settings, store: EventStore, *, migrate: bool) -> None:
+    url, keys = database_url(settings), crypto_keys(settings)
+    try:
+        if migrate:
+            applied = migrations.migrate(url, store, keys)
+            if applied:
+                logger.info("applied migrations {}", applied)
+        migrations.check(url, keys)
+    except migrations.SchemaOutdated as exc:
+        raise Fatal(5, 'error: database schema is not up to date: run "pandora-users migrate"') from exc
+    except migrations.KeyMismatch as exc:
+        raise Fatal(3, f"configuration error: {exc}") from exc
+
+
+def signing_keys(settings: Settings) -> KeySet:
+    """The signing keys, in SPEC §6.2's order of precedence; bad key material is a configuration error."""
+    try:
+        if settings.jwt_algorithm == "HS256":
+            if settings.jwt_secret is None:
+                raise KeyMaterialError("JWT_SECRET is required with HS256")
+            return hs256_keyset(settings.jwt_secret.get(), settings.jwt_kid or "static-v1")
+        if settings.vault_signing_keys:
+            mapping = {kid: pem.get() for kid, pem in settings.vault_signing_keys.items()}
+            return load_eddsa_mapping(mapping, settings.vault_active_kid)
+        if settings.jwt_keys_dir is not None:
+            return load_eddsa_keys_dir(settings.jwt_keys_dir)
+        if settings.jwt_private_key is not None:
+            return load_eddsa_pem(settings.jwt_private_key.get(), settings.jwt_kid)
+        if settings.app_env in ("dev", "test"):
+            return generate_dev_key(settings.data_dir)
+        raise KeyMaterialError("no signing key configured")
+    except KeyMaterialError as exc:
+        raise Fatal(3, f"configuration error: JWT_PRIVATE_KEY: {exc}") from exc
+
+
+def write_config(settings: Settings) -> WriteConfig:
+    return WriteConfig(
+        refresh_ttl=settings.jwt_refresh_token_expiry,
+        session_max_per_user=settings.session_max_per_user,
+        session_idle_timeout=settings.session_idle_timeout,
+        email_verification_token_ttl=settings.email_verification_token_ttl,
+        password_reset_token_ttl=settings.password_reset_token_ttl,
+        email_verification_url=settings.email_verification_url,
+        password_reset_url=settings.password_reset_url,
+        email_verification_required=settings.email_verification_required,
+        password_min_length=settings.password_min_length,
+        password_max_length=settings.password_max_length,
+        lockout_threshold=settings.lockout_threshold,
+        lockout_duration=settings.lockout_duration,
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything a running process holds; `close()` releases it in reverse order."""
+
+    settings: Settings
+    store: EventStore
+    write: WriteSide
+    hasher: PasswordHasher
+    tokens: TokenService
+    db: asyncpg.Pool
+    redis: Redis
+    readiness: Readiness
+
+    async def close(self) -> None:
+        self.readiness.shutting_down = True
+        await self.redis.aclose()
+        await self.db.close()
+        self.write.close()
+        self.hasher.close()
+        await asyncio.to_thread(self.store.close)
+
+
+async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
+    hasher = PasswordHasher.from_settings(settings)
+    await hasher.start()
+    blocklist = await asyncio.to_thread(Blocklist.load, settings.password_blocklist_file)
+    pepper = crypto_keys(settings)["email_index_key"]
+    write = WriteSide(
+        store=store,
+        pepper=pepper,
+        hasher=hasher,
+        blocklist=blocklist,
+        config=write_config(settings),
+        executor=ThreadPoolExecutor(settings.db_pool_max, thread_name_prefix="write"),
+    )
+    tokens = TokenService(KeyRing(signing_keys(settings)), settings.jwt_issuer, settings.jwt_access_token_expiry)
+    db = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max)
+    redis_url = settings.resolved_redis_url.get() if settings.resolved_redis_url else "redis://localhost:6379/0"
+    redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    readiness = Readiness(postgres=lambda: db.fetchval("SELECT 1"), redis=redis.ping)
+    return Runtime(settings, store, write, hasher, tokens, db, redis, readiness)

@@ -1,0 +1,148 @@
+"""Login, lockout, refresh rotation and reuse detection, logout: commands on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from pandora_users.commands import authentication as auth
+from pandora_users.commands import registration, sessions
+from pandora_users.commands.authentication import LoginAttempt, RefreshAttempt
+from pandora_users.commands.base import WriteSide
+from pandora_users.domain import events as ev
+from pandora_users.domain.context import Context
+from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken
+from tests.integration.test_registration import PASSWORD, reg
+
+
+async def _user(w: WriteSide, email: str = "ann@example.com") -> registration.SessionGrant:
+    return await registration.register(w, reg(email), Context())
+
+
+async def test_login_success_opens_a_session(write_side: WriteSide) -> None:
+    await _user(write_side)
+    outcome = await auth.log_in(
+        write_side, LoginAttempt("ANN@example.com", PASSWORD, ip_address="192.0.2.1"), Context()
+    )
+    assert outcome.grant.user.email == "ann@example.com" and outcome.grant.audience == "pandora-api"
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        LoginAttempt("ann@example.com", "wrong password!"),
+        LoginAttempt("nobody@example.com", PASSWORD),
+        LoginAttempt("not an email", PASSWORD),
+        LoginAttempt("ann@example.com", ""),
+        LoginAttempt("ann@example.com", "a\x00b"),
+        LoginAttempt("ann@example.com", "x" * 129),
+    ],
+)
+async def test_every_login_failure_is_the_same_error(write_side: WriteSide, attempt: LoginAttempt) -> None:
+    await _user(write_side)
+    with pytest.raises(InvalidCredentials) as info:
+        await auth.log_in(write_side, attempt, Context())
+    assert (info.value.code, info.value.message, info.value.extra) == (
+        "invalid_credentials",
+        "invalid email or password",
+        {},
+    )
+
+
+async def test_non_admin_cannot_log_in_to_admin(write_side: WriteSide) -> None:
+    await _user(write_side)
+    with pytest.raises(InvalidCredentials):
+        await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD, audience="pandora-admin"), Context())
+
+
+async def test_lockout_after_threshold_and_user_locked_event(write_side: WriteSide, database_url: str) -> None:
+    await _user(write_side)  # threshold 3 in the fixture
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            await auth.log_in(write_side, LoginAttempt("ann@example.com", "wrong password!"), Context())
+    with pytest.raises(AccountLocked) as info:
+        await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD), Context())
+    assert 1 <= info.value.extra["retry_after_seconds"] <= 900
+    with psycopg.connect(database_url) as conn:
+        locked = conn.execute("SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.UserLocked.TOPIC,)).fetchone()
+    assert locked == (1,)
+
+
+async def test_unknown_email_locks_too_without_events(write_side: WriteSide, database_url: str) -> None:
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            await auth.log_in(write_side, LoginAttempt("ghost@example.com", "whatever pass"), Context())
+    with pytest.raises(AccountLocked):
+        await auth.log_in(write_side, LoginAttempt("ghost@example.com", "whatever pass"), Context())
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pandora_events").fetchone() == (0,)
+
+
+async def test_parallel_guesses_never_exceed_the_threshold(write_side: WriteSide) -> None:
+    await _user(write_side)
+    calls = [auth.log_in(write_side, LoginAttempt("ann@example.com", "wrong password!"), Context()) for _ in range(12)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert sum(isinstance(r, InvalidCredentials) for r in results) <= 3
+    assert all(isinstance(r, (InvalidCredentials, AccountLocked)) for r in results)
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(write_side: WriteSide) -> None:
+    grant = await _user(write_side)
+    first = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    assert first.session_id == grant.session_id and first.refresh_token != grant.refresh_token
+    with pytest.raises(InvalidRefreshToken):  # the rotated token comes back: reuse
+        await auth.refresh(write_side, RefreshAttempt(grant.refresh_token, ip_address="198.51.100.9"), Context())
+    with pytest.raises(InvalidRefreshToken):  # and the newest one died with its session
+        await auth.refresh(write_side, RefreshAttempt(first.refresh_token), Context())
+
+
+async def test_two_concurrent_refreshes_exactly_one_wins(write_side: WriteSide) -> None:
+    grant = await _user(write_side)
+    results = await asyncio.gather(
+        *(auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context()) for _ in range(2)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["InvalidRefreshToken", "SessionGrant"]
+
+
+async def test_refresh_of_other_audience_or_garbage_is_refused(write_side: WriteSide) -> None:
+    grant = await _user(write_side)
+    for attempt in (
+        RefreshAttempt(grant.refresh_token, audience="pandora-admin"),
+        RefreshAttempt("x" * 513),
+        RefreshAttempt("nope"),
+    ):
+        with pytest.raises(InvalidRefreshToken):
+            await auth.refresh(write_side, attempt, Context())
+    await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())  # the refusals changed nothing
+
+
+async def test_logout_needs_the_callers_current_token(write_side: WriteSide) -> None:
+    ann, bob = await _user(write_side), await _user(write_side, "bob@example.com")
+    with pytest.raises(InvalidRefreshToken):
+        await sessions.log_out(write_side, bob.user.id, ann.refresh_token, Context())
+    written = await sessions.log_out(write_side, ann.user.id, ann.refresh_token, Context())
+    assert [e.reason for e in written.ended_sessions] == ["logged_out"]
+    with pytest.raises(InvalidRefreshToken):
+        await sessions.log_out(write_side, ann.user.id, ann.refresh_token, Context())
+
+
+async def test_session_limit_ends_the_oldest(write_side: WriteSide) -> None:
+    first = await _user(write_side)  # limit 5 in the fixture
+    for _ in range(4):
+        await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD), Context())
+    outcome = await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD), Context())
+    assert outcome.grant.position is not None
+    with pytest.raises(InvalidRefreshToken):
+        await auth.refresh(write_side, RefreshAttempt(first.refresh_token), Context())
+
+
+async def test_logout_all_ends_everything_then_is_a_noop(write_side: WriteSide) -> None:
+    grant = await _user(write_side)
+    await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD, audience="pandora-api"), Context())
+    written = await sessions.log_out_all(write_side, grant.user.id, Context())
+    assert len(written.ended_sessions) == 2 and written.position is not None
+    again = await sessions.log_out_all(write_side, grant.user.id, Context())
+    assert again.position is None and again.ended_sessions == ()
