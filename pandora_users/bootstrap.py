@@ -9,17 +9,17 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 import psycopg
 from loguru import logger
-from redis.asyncio import Redis
 
-from api.system import Readiness
 from pandora_users.commands.base import WriteConfig, WriteSide
 from pandora_users.config.dev_secrets import ensure_dev_secrets
+from pandora_users.config.secret import Secret
 from pandora_users.config.settings import Settings
+from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.security.hashing import PasswordHasher
 from pandora_users.security.keys import (
@@ -37,24 +37,19 @@ from pandora_users.security.tokens import TokenService
 from pandora_users.store import migrate as migrations
 from pandora_users.store.app import EventStore, postgres_env
 
+if TYPE_CHECKING:
+    import asyncpg
+    from redis.asyncio import Redis
+
+    from api.system import Readiness
+
 DB_WAIT = 30.0
-
-
-class Fatal(Exception):
-    """Ends the process with `exit_code` after printing `message` (already in SPEC's format)."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
 
 
 def with_dependencies(settings: Settings, servers: EmbeddedServers | None) -> Settings:
     """Start or reuse embedded servers where nothing is configured (dev/test), and dev secrets."""
     if servers is not None and (settings.embedded_postgres or settings.embedded_redis):
         urls = servers.start(need_postgres=settings.embedded_postgres, need_redis=settings.embedded_redis)
-        from pandora_users.config.secret import Secret
-
         settings = msgspec.structs.replace(
             settings,
             resolved_database_url=Secret(urls["DATABASE_URL"])
@@ -179,6 +174,11 @@ class Runtime:
 
 
 async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
+    import asyncpg  # the HTTP/Redis stack loads only in processes that serve
+    from redis.asyncio import Redis
+
+    from api.system import Readiness
+
     hasher = PasswordHasher.from_settings(settings)
     await hasher.start()
     blocklist = await asyncio.to_thread(Blocklist.load, settings.password_blocklist_file)

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pandora_users import __version__
-from pandora_users.bootstrap import Fatal
 from pandora_users.config.errors import ConfigError
+from pandora_users.fatal import Fatal
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pandora_users.bootstrap import (
-    Fatal,
     build_runtime,
     database_url,
     ensure_schema,
@@ -18,6 +17,7 @@ from pandora_users.commands import registration
 from pandora_users.config.settings import Settings, settings_from_env
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import DomainError, UserAlreadyExists, UserNotFound, WeakPassword
+from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore

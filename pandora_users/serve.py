@@ -17,7 +17,6 @@ from loguru import logger
 
 from api.app import create_public_app
 from pandora_users.bootstrap import (
-    Fatal,
     Runtime,
     build_runtime,
     database_url,
@@ -27,6 +26,7 @@ from pandora_users.bootstrap import (
     with_dependencies,
 )
 from pandora_users.config.settings import Settings, settings_from_env
+from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore

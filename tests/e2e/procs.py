@@ -1,0 +1,76 @@
+"""Run the real `pandora-users` process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+EXE = str(Path(sys.executable).with_name("pandora-users"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The environment minus every setting of the service, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "DB_", "REDIS_", "APP_", "JWT_"))}
+    env.update(overrides)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, stdin: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Service:
+    """`pandora-users serve` as a child process, stopped with SIGINT like a Ctrl-C."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, port: int) -> None:
+        self.port = port
+        self.log = cwd / f"serve-{port}.log"
+        self._out = self.log.open("w")
+        env = {**env, "SERVER_PORT": str(port), "ADMIN_PORT": str(free_port()), "GRPC_PORT": str(free_port())}
+        self.proc = subprocess.Popen([EXE, "serve"], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                response = httpx.get(f"{self.url}/ready", timeout=2)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not ready within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
