@@ -66,6 +66,31 @@ def database_url(settings: Settings) -> str:
     return settings.resolved_database_url.get()
 
 
+def redis_url(settings: Settings) -> str:
+    if settings.resolved_redis_url is not None:
+        return settings.resolved_redis_url.get()
+    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def require_redis(url: str, timeout: float = 10.0) -> None:
+    """For commands that cannot work without Redis (project forwarder/revocations): exit 4 when unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() >= deadline:
+                    raise Fatal(4, f"error: Redis unreachable: {exc}") from exc
+                time.sleep(0.5)
+    finally:
+        client.close()
+
+
 def crypto_keys(settings: Settings) -> dict[str, bytes]:
     if settings.data_encryption_key is None or settings.email_index_key is None:
         raise Fatal(3, "configuration error: DATA_ENCRYPTION_KEY: missing")
@@ -193,7 +218,6 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     )
     tokens = TokenService(KeyRing(signing_keys(settings)), settings.jwt_issuer, settings.jwt_access_token_expiry)
     db = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max)
-    redis_url = settings.resolved_redis_url.get() if settings.resolved_redis_url else "redis://localhost:6379/0"
-    redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     readiness = Readiness(postgres=lambda: db.fetchval("SELECT 1"), redis=redis.ping)
     return Runtime(settings, store, write, hasher, tokens, db, redis, readiness)

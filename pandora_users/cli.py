@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run every listener and worker in one process (embedded servers in dev)")
     migrate = sub.add_parser("migrate", help="create or upgrade every schema object")
     migrate.add_argument("--check", action="store_true", help="change nothing; exit 5 unless the schema is current")
+    project = sub.add_parser("project", help="run projectors (one active instance each; others stand by)")
+    project.add_argument("names", nargs="+", metavar="NAME", help="users, event_log, revocations, forwarder or all")
     admin = sub.add_parser("create-admin", help="create the first administrator (password on stdin or prompted)")
     admin.add_argument("--email", required=True)
     admin.add_argument("--first-name", default="Admin")
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve()
         if args.command == "migrate":
             return commands_cli.migrate(check=args.check)
+        if args.command == "project":
+            return commands_cli.project(args.names)
         if args.command == "create-admin":
             return asyncio.run(
                 commands_cli.create_admin(

@@ -1,7 +1,9 @@
-"""One-shot CLI commands: migrate and create-admin (they start or reuse embedded servers in dev)."""
+"""CLI commands other than serve: migrate, create-admin, project (they start or reuse embedded servers in dev)."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -10,6 +12,8 @@ from pandora_users.bootstrap import (
     database_url,
     ensure_schema,
     open_store,
+    redis_url,
+    require_redis,
     wait_for_postgres,
     with_dependencies,
 )
@@ -21,6 +25,7 @@ from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore
+from projections.registry import NAMES, ProjectionDeps, Supervisor
 
 
 @contextmanager
@@ -75,4 +80,37 @@ async def create_admin(
             await runtime.close()
     verb = "promoted to admin" if created.promoted else "admin created"
     print(f"{verb}: {created.user_id}")
+    return 0
+
+
+def projection_deps(settings: Settings, store: EventStore) -> ProjectionDeps:
+    return ProjectionDeps(
+        store=store,
+        conninfo=database_url(settings),
+        redis_url=redis_url(settings),
+        redis_key_prefix=settings.redis_key_prefix,
+        events_stream=settings.events_stream,
+        events_stream_maxlen=settings.events_stream_maxlen,
+        access_token_ttl=settings.jwt_access_token_expiry,
+        batch_size=settings.projection_batch_size,
+    )
+
+
+def project(names: list[str]) -> int:
+    """`pandora-users project <name|all>`: run projectors until SIGINT/SIGTERM (standby if another is active)."""
+    chosen = list(NAMES) if names == ["all"] else names
+    unknown = [n for n in chosen if n not in NAMES]
+    if unknown:
+        raise Fatal(2, f"error: unknown projection {unknown[0]!r} (expected {', '.join(NAMES)} or all)")
+    with prepared() as (settings, store):
+        ensure_schema(settings, store, migrate=settings.auto_migrate)
+        if {"revocations", "forwarder"} & set(chosen):
+            require_redis(redis_url(settings))
+        supervisor = Supervisor(projection_deps(settings, store), chosen)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        supervisor.start()
+        stop.wait()
+        supervisor.stop(settings.shutdown_timeout)
     return 0

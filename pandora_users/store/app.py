@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import Mapper
+from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 from pandora_users.domain.events import DomainEvent
@@ -76,6 +76,11 @@ class EventStore(Application[UUID]):
         """Commit events and credential operations together; the position of the last event (None if none)."""
         recordings = self.save(*events, credential_ops=list(ops))
         return recordings[-1].notification.id if recordings else None
+
+    def decode(self, stored: StoredEvent) -> DomainEvent:
+        """A stored event or notification as its domain event (personal fields decrypted or `[erased]`)."""
+        event: DomainEvent = self.mapper.to_domain_event(stored)  # type: ignore[assignment]
+        return event
 
     def create_tables(self) -> None:
         """Create the events table and its index (only migrations call this)."""

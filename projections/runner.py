@@ -1,0 +1,212 @@
+"""The projection runner: follows the event log in position order and applies a projection in batches.
+
+- Exactly once: a batch's view changes and the new tracking position commit in one transaction, and the
+  position moves by compare-and-set, so even two active instances could not apply a batch twice.
+- One active instance per projection: a session-level advisory lock; other instances stand by and take over
+  when the holder's connection goes away.
+- Poison events: a failing batch is re-run event by event; an event that still fails after `attempts`
+  tries (backoff 1 s doubling) is parked in `projection_failures` and the projection goes on.
+- Wake-ups: LISTEN on the event store's channel, plus a pull every `idle_poll` seconds.
+
+Delivery projections (revocations, forwarder) write outside PostgreSQL in `apply`; they are idempotent, so a
+crash between their write and the position's commit only repeats harmless work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+from eventsourcing.persistence import Notification
+from loguru import logger
+
+from pandora_users.domain.events import DomainEvent
+from pandora_users.store.app import EVENTS_TABLE, EventStore
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An event with its global position."""
+
+    position: int
+    event: DomainEvent
+
+
+class Projection(Protocol):
+    """A view kept by the runner. `apply` runs inside the batch's transaction (`conn` is in it)."""
+
+    name: str
+
+    def apply(self, conn: psycopg.Connection[Any], batch: Sequence[Envelope]) -> None: ...
+
+
+class LostLease(Exception):
+    """The tracking position moved under us: another instance is active; stop applying."""
+
+
+def lock_id(name: str) -> int:
+    """A stable 63-bit advisory-lock key per projection name."""
+    return int.from_bytes(hashlib.sha256(f"pandora-projection:{name}".encode()).digest()[:8], "big") >> 1
+
+
+def read_position(conn: psycopg.Connection[Any], name: str) -> int:
+    row = conn.execute("SELECT position FROM projection_positions WHERE name = %s", (name,)).fetchone()
+    return int(_first(row)) if row else 0
+
+
+def _first(row: Any) -> Any:
+    return row["position"] if isinstance(row, dict) else row[0]
+
+
+def advance(conn: psycopg.Connection[Any], name: str, old: int, new: int) -> None:
+    """Move the tracking position from `old` to `new`, or raise LostLease."""
+    cur = conn.execute(
+        "INSERT INTO projection_positions AS p (name, position, updated_at) VALUES (%s, %s, now())"
+        " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
+        " WHERE p.position = %s",
+        (name, new, old),
+    )
+    if cur.rowcount != 1:
+        raise LostLease(name)
+
+
+class Runner:
+    """Runs one projection; `run()` blocks (call it in a thread) until `stop()`."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        conninfo: str,
+        projection: Projection,
+        *,
+        batch_size: int = 100,
+        idle_poll: float = 1.0,
+        attempts: int = 3,
+        backoff: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.conninfo = conninfo
+        self.projection = projection
+        self.batch_size = batch_size
+        self.idle_poll = idle_poll
+        self.attempts = attempts
+        self.backoff = backoff
+        self.active = threading.Event()
+        self._stop = threading.Event()
+        self.processed = 0
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as lease:
+                    if self._acquire(lease):
+                        self._follow(lease)
+            except (psycopg.OperationalError, LostLease) as exc:
+                logger.warning("projection {}: {}; retrying", self.name, exc)
+                self.active.clear()
+                self._stop.wait(self.idle_poll)
+        self.active.clear()
+
+    def _acquire(self, lease: psycopg.Connection[Any]) -> bool:
+        """Wait as a standby until the advisory lock is ours (or we are told to stop)."""
+        key = lock_id(self.name)
+        while not self._stop.is_set():
+            row = lease.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if row and row[0]:
+                self.active.set()
+                logger.info("projection {} active from position {}", self.name, read_position(lease, self.name))
+                return True
+            self._stop.wait(self.idle_poll)
+        return False
+
+    def _follow(self, lease: psycopg.Connection[Any]) -> None:
+        lease.execute(f"LISTEN {EVENTS_TABLE}")
+        while not self._stop.is_set():
+            if self.step():
+                continue
+            for _ in lease.notifies(timeout=self.idle_poll, stop_after=1):
+                pass
+            lease.execute("SELECT 1")  # a dead lease connection surfaces here, and we stand down
+
+    def step(self) -> int:
+        """Process the next batch, if any; returns how many notifications were consumed."""
+        with self.store.datastore.get_connection() as conn:
+            position = read_position(conn, self.name)
+            notifications = self.store.recorder.select_notifications(position + 1, self.batch_size)
+            if not notifications:
+                return 0
+            try:
+                self._apply(conn, position, notifications)
+            except LostLease:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a poison event somewhere in the batch
+                logger.warning("projection {} batch after {} failed ({}); isolating", self.name, position, exc)
+                self._one_by_one(conn, position, notifications)
+        self.processed += len(notifications)
+        return len(notifications)
+
+    def _apply(self, conn: psycopg.Connection[Any], position: int, notifications: Sequence[Notification]) -> None:
+        batch = [self._envelope(n) for n in notifications]
+        with conn.transaction():
+            self.projection.apply(conn, batch)
+            advance(conn, self.name, position, notifications[-1].id)
+
+    def _envelope(self, notification: Notification) -> Envelope:
+        return Envelope(notification.id, self.store.decode(notification))
+
+    def _one_by_one(self, conn: psycopg.Connection[Any], position: int, notifications: Sequence[Notification]) -> None:
+        for notification in notifications:
+            error = ""
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    self._apply(conn, position, [notification])
+                    break
+                except LostLease:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried, then parked below
+                    error = f"{type(exc).__name__}: {exc}"[:2000]
+                    logger.error(
+                        "projection {} failed on position {} ({}): {}",
+                        self.name,
+                        notification.id,
+                        notification.topic,
+                        error,
+                    )
+                    if attempt < self.attempts:
+                        self._stop.wait(self.backoff * 2 ** (attempt - 1))
+            else:
+                self._park(conn, position, notification, error)
+            position = notification.id
+
+    def _park(self, conn: psycopg.Connection[Any], position: int, notification: Notification, error: str) -> None:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO projection_failures (projection, position, topic, error, attempts)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (projection, position) DO NOTHING",
+                (self.name, notification.id, notification.topic, error, self.attempts),
+            )
+            advance(conn, self.name, position, notification.id)
+        logger.error("projection {} parked position {} after {} attempts", self.name, notification.id, self.attempts)
+
+
+def wait_until(store: EventStore, runner: Runner, position: int, timeout: float = 30.0) -> bool:
+    """Test and CLI helper: block until the runner's tracking position reaches `position`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.datastore.get_connection() as conn:
+            if read_position(conn, runner.name) >= position:
+                return True
+        time.sleep(0.01)
+    return False
