@@ -54,22 +54,33 @@ def lock_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"pandora-projection:{name}".encode()).digest()[:8], "big") >> 1
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a projection is: its position, and the epoch of the table behind its view."""
+
+    position: int
+    epoch: int = 0
+
+
+def read_tracking(conn: psycopg.Connection[Any], name: str) -> Tracking:
+    row = conn.execute("SELECT position, epoch FROM projection_positions WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        return Tracking(0)
+    values = (row["position"], row["epoch"]) if isinstance(row, dict) else row
+    return Tracking(int(values[0]), int(values[1]))
+
+
 def read_position(conn: psycopg.Connection[Any], name: str) -> int:
-    row = conn.execute("SELECT position FROM projection_positions WHERE name = %s", (name,)).fetchone()
-    return int(_first(row)) if row else 0
+    return read_tracking(conn, name).position
 
 
-def _first(row: Any) -> Any:
-    return row["position"] if isinstance(row, dict) else row[0]
-
-
-def advance(conn: psycopg.Connection[Any], name: str, old: int, new: int) -> None:
-    """Move the tracking position from `old` to `new`, or raise LostLease."""
+def advance(conn: psycopg.Connection[Any], name: str, old: Tracking, new: int) -> None:
+    """Move the tracking position from `old` to `new` (same epoch), or raise LostLease."""
     cur = conn.execute(
-        "INSERT INTO projection_positions AS p (name, position, updated_at) VALUES (%s, %s, now())"
+        "INSERT INTO projection_positions AS p (name, position, epoch, updated_at) VALUES (%s, %s, %s, now())"
         " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
-        " WHERE p.position = %s",
-        (name, new, old),
+        " WHERE p.position = %s AND p.epoch = %s",
+        (name, new, old.epoch, old.position, old.epoch),
     )
     if cur.rowcount != 1:
         raise LostLease(name)
@@ -143,35 +154,37 @@ class Runner:
     def step(self) -> int:
         """Process the next batch, if any; returns how many notifications were consumed."""
         with self.store.datastore.get_connection() as conn:
-            position = read_position(conn, self.name)
-            notifications = self.store.recorder.select_notifications(position + 1, self.batch_size)
+            tracking = read_tracking(conn, self.name)
+            notifications = self.store.recorder.select_notifications(tracking.position + 1, self.batch_size)
             if not notifications:
                 return 0
             try:
-                self._apply(conn, position, notifications)
+                self._apply(conn, tracking, notifications)
             except LostLease:
                 raise
             except Exception as exc:  # noqa: BLE001 - a poison event somewhere in the batch
-                logger.warning("projection {} batch after {} failed ({}); isolating", self.name, position, exc)
-                self._one_by_one(conn, position, notifications)
+                logger.warning("projection {} batch after {} failed ({}); isolating", self.name, tracking.position, exc)
+                self._one_by_one(conn, tracking, notifications)
         self.processed += len(notifications)
         return len(notifications)
 
-    def _apply(self, conn: psycopg.Connection[Any], position: int, notifications: Sequence[Notification]) -> None:
+    def _apply(self, conn: psycopg.Connection[Any], tracking: Tracking, notifications: Sequence[Notification]) -> None:
         batch = [self._envelope(n) for n in notifications]
         with conn.transaction():
             self.projection.apply(conn, batch)
-            advance(conn, self.name, position, notifications[-1].id)
+            advance(conn, self.name, tracking, notifications[-1].id)
 
     def _envelope(self, notification: Notification) -> Envelope:
         return Envelope(notification.id, self.store.decode(notification))
 
-    def _one_by_one(self, conn: psycopg.Connection[Any], position: int, notifications: Sequence[Notification]) -> None:
+    def _one_by_one(
+        self, conn: psycopg.Connection[Any], tracking: Tracking, notifications: Sequence[Notification]
+    ) -> None:
         for notification in notifications:
             error = ""
             for attempt in range(1, self.attempts + 1):
                 try:
-                    self._apply(conn, position, [notification])
+                    self._apply(conn, tracking, [notification])
                     break
                 except LostLease:
                     raise
@@ -187,17 +200,17 @@ class Runner:
                     if attempt < self.attempts:
                         self._stop.wait(self.backoff * 2 ** (attempt - 1))
             else:
-                self._park(conn, position, notification, error)
-            position = notification.id
+                self._park(conn, tracking, notification, error)
+            tracking = Tracking(notification.id, tracking.epoch)
 
-    def _park(self, conn: psycopg.Connection[Any], position: int, notification: Notification, error: str) -> None:
+    def _park(self, conn: psycopg.Connection[Any], tracking: Tracking, notification: Notification, error: str) -> None:
         with conn.transaction():
             conn.execute(
                 "INSERT INTO projection_failures (projection, position, topic, error, attempts)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (projection, position) DO NOTHING",
                 (self.name, notification.id, notification.topic, error, self.attempts),
             )
-            advance(conn, self.name, position, notification.id)
+            advance(conn, self.name, tracking, notification.id)
         logger.error("projection {} parked position {} after {} attempts", self.name, notification.id, self.attempts)
 
 

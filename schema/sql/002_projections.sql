@@ -3,6 +3,9 @@
 CREATE TABLE IF NOT EXISTS projection_positions (
     name       text PRIMARY KEY,
     position   bigint NOT NULL DEFAULT 0,
+    -- Bumped when a rebuild swaps the table behind the projection's view: an instance that read the old
+    -- epoch fails its compare-and-set and re-reads, so no batch lands in the retired table.
+    epoch      bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
