@@ -42,3 +42,7 @@ lint: sync
 fmt: sync
     {{venv}}/bin/ruff format .
     {{venv}}/bin/ruff check --fix .
+
+# Regenerate the JSON Schemas of the integration events (schema/events/); a test fails on drift.
+schemas: sync
+    {{py}} -m projections.schemas

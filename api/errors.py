@@ -33,17 +33,22 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
     return Response(content=body, status_code=status, headers=headers, media_type="application/json")
 
 
-def domain_error_handler(_: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    request.state.error_code = exc.code
+    if exc.audit:
+        request.state.audit = {**request.state.get("audit", {}), **exc.audit}
     details = [{"field": d.field, "message": d.message} for d in exc.details] or None
     return error_response(exc.http_status, error_body(exc.code, exc.message, details=details, **exc.extra))
 
 
-def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = _BY_STATUS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+    request.state.error_code = code
     return error_response(exc.status_code, error_body(code), dict(exc.headers or {}))
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    request.state.error_code = "internal_error"
     logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, error_body("internal_error"))
 

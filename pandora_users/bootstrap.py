@@ -36,6 +36,7 @@ from pandora_users.security.passwords import Blocklist
 from pandora_users.security.tokens import TokenService
 from pandora_users.store import migrate as migrations
 from pandora_users.store.app import EventStore, postgres_env
+from projections.registry import ProjectionDeps
 
 if TYPE_CHECKING:
     import asyncpg
@@ -157,6 +158,19 @@ def signing_keys(settings: Settings) -> KeySet:
         raise KeyMaterialError("no signing key configured")
     except KeyMaterialError as exc:
         raise Fatal(3, f"configuration error: JWT_PRIVATE_KEY: {exc}") from exc
+
+
+def projection_deps(settings: Settings, store: EventStore) -> ProjectionDeps:
+    return ProjectionDeps(
+        store=store,
+        conninfo=database_url(settings),
+        redis_url=redis_url(settings),
+        redis_key_prefix=settings.redis_key_prefix,
+        events_stream=settings.events_stream,
+        events_stream_maxlen=settings.events_stream_maxlen,
+        access_token_ttl=settings.jwt_access_token_expiry,
+        batch_size=settings.projection_batch_size,
+    )
 
 
 def write_config(settings: Settings) -> WriteConfig:

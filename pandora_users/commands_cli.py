@@ -12,6 +12,7 @@ from pandora_users.bootstrap import (
     database_url,
     ensure_schema,
     open_store,
+    projection_deps,
     redis_url,
     require_redis,
     wait_for_postgres,
@@ -25,7 +26,7 @@ from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore
-from projections.registry import NAMES, ProjectionDeps, Supervisor
+from projections.registry import NAMES, Supervisor
 
 
 @contextmanager
@@ -81,19 +82,6 @@ async def create_admin(
     verb = "promoted to admin" if created.promoted else "admin created"
     print(f"{verb}: {created.user_id}")
     return 0
-
-
-def projection_deps(settings: Settings, store: EventStore) -> ProjectionDeps:
-    return ProjectionDeps(
-        store=store,
-        conninfo=database_url(settings),
-        redis_url=redis_url(settings),
-        redis_key_prefix=settings.redis_key_prefix,
-        events_stream=settings.events_stream,
-        events_stream_maxlen=settings.events_stream_maxlen,
-        access_token_ttl=settings.jwt_access_token_expiry,
-        batch_size=settings.projection_batch_size,
-    )
 
 
 def project(names: list[str]) -> int:

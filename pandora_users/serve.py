@@ -8,20 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from loguru import logger
 
-from api.app import create_public_app
+from api.app import create_public_app, wrap
+from api.audit import AccessLogMiddleware
+from api.auth import PUBLIC, Authenticator
+from api.consistency import Consistency
+from api.deps import ApiDeps, Limits
+from api.edge import EdgeConfig
+from api.idempotency import IdempotencyStore
+from api.idempotent import IdempotencyMiddleware
+from api.limits import RequestLimits, limit_table
+from api.ratelimit import RateLimiter
+from api.revocation import SessionLiveness
+from pandora_users.audit.access_log import AccessLogWriter
+from pandora_users.audit.cleanup import cleanup_forever
 from pandora_users.bootstrap import (
     Runtime,
     build_runtime,
+    crypto_keys,
     database_url,
     ensure_schema,
     open_store,
+    projection_deps,
     wait_for_postgres,
     with_dependencies,
 )
@@ -30,6 +46,7 @@ from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore
+from projections.registry import NAMES, Supervisor
 
 
 class _Server(uvicorn.Server):
@@ -73,14 +90,101 @@ def _listener(app: Any, host: str, port: int, settings: Settings) -> _Server:
     return _Server(config)
 
 
+def edge_config(settings: Settings) -> EdgeConfig:
+    origins = settings.cors_allowed_origins
+    return EdgeConfig(
+        trusted_proxies=settings.trusted_proxies,
+        cors_origins=frozenset(o for o in origins if o != "*"),
+        cors_any="*" in origins,
+    )
+
+
+def api_deps(runtime: Runtime) -> ApiDeps:
+    settings = runtime.settings
+    liveness = SessionLiveness(
+        runtime.redis, runtime.db, prefix=settings.redis_key_prefix, access_ttl=settings.jwt_access_token_expiry
+    )
+    runtime.write.on_sessions_ended = liveness.record
+    consistency = Consistency(
+        runtime.db, runtime.redis, prefix=settings.redis_key_prefix, timeout=settings.consistency_wait_timeout
+    )
+    return ApiDeps(
+        write=runtime.write,
+        store=runtime.store,
+        tokens=runtime.tokens,
+        authenticator=Authenticator(runtime.tokens, liveness.state, audience=PUBLIC),
+        consistency=consistency,
+        pool=runtime.db,
+        redis=runtime.redis,
+        record_revocations=liveness.record,
+    )
+
+
+@dataclass
+class HttpParts:
+    """The HTTP edge's stateful helpers: limiter, idempotency store, access-log writer, cleanup job."""
+
+    limits: RequestLimits
+    idempotency: IdempotencyStore
+    access_log: AccessLogWriter
+    cleanup: asyncio.Task[None]
+
+    @classmethod
+    def start(cls, runtime: Runtime) -> HttpParts:
+        s = runtime.settings
+        limiter = RateLimiter(runtime.redis, s.redis_key_prefix, enabled=s.rate_limit_enabled)
+        idempotency = IdempotencyStore(
+            runtime.redis, s.redis_key_prefix, crypto_keys(s)["data_encryption_key"], ttl=s.idempotency_ttl
+        )
+        writer = AccessLogWriter(runtime.db, retention_days=s.audit_logs_keep_for_days)
+        writer.start()
+        cleanup = asyncio.create_task(
+            cleanup_forever(
+                runtime.db,
+                s.audit_cleanup_interval,
+                batch_size=s.audit_cleanup_batch_size,
+                session_record_retention=s.session_record_retention,
+            )
+        )
+        return cls(RequestLimits(limiter, limit_table(s)), idempotency, writer, cleanup)
+
+    async def close(self) -> None:
+        self.cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.cleanup
+        await self.access_log.close()
+
+
+def public_app(runtime: Runtime, parts: HttpParts) -> Any:
+    """The public listener: edge middleware → access log → idempotency → Litestar."""
+    settings = runtime.settings
+    deps = api_deps(runtime)
+    deps.limits = Limits(parts.limits, per_user=settings.rate_limit_enable_per_user)
+    app = create_public_app(deps, runtime.readiness, max_body=settings.max_request_body_bytes)
+    layers: list[Callable[[Any], Any]] = [
+        functools.partial(AccessLogMiddleware, writer=parts.access_log, listener="public"),
+        functools.partial(
+            IdempotencyMiddleware,
+            store=parts.idempotency,
+            tokens=runtime.tokens,
+            listener="public",
+            audience=PUBLIC,
+            max_body=settings.max_request_body_bytes,
+        ),
+    ]
+    return wrap(app, edge_config(settings), layers)
+
+
 async def _serve(settings: Settings, store: EventStore) -> int:
     runtime: Runtime = await build_runtime(settings, store)
+    parts = HttpParts.start(runtime)
+    supervisor = Supervisor(projection_deps(settings, store), NAMES)
+    supervisor.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    public = _listener(create_public_app(runtime.readiness), settings.server_host, settings.server_port, settings)
-    listeners = [public]
+    listeners = [_listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings)]
     tasks = [asyncio.create_task(server.serve()) for server in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -95,6 +199,8 @@ async def _serve(settings: Settings, store: EventStore) -> int:
             raise Fatal(1, "error: a listener could not start or stopped unexpectedly (see the log)")
     finally:
         stopper.cancel()
+        await asyncio.to_thread(supervisor.stop, settings.shutdown_timeout)
+        await parts.close()
         await runtime.close()
     logger.info("stopped")
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
+from eventsourcing import persistence as es_persistence
 from eventsourcing.persistence import Notification
 from loguru import logger
 
@@ -46,7 +47,18 @@ class Projection(Protocol):
 
 
 class LostLease(Exception):
-    """The tracking position moved under us: another instance is active; stop applying."""
+    """The tracking position moved under us (another instance is active), or a dependency is down:
+    roll back and stand down; the run loop backs off and takes the lease again. Never parks anything."""
+
+
+# A lost or failing connection is an outage, never a poison event: up to run(), which reconnects.
+OUTAGES: tuple[type[BaseException], ...] = (
+    LostLease,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    es_persistence.OperationalError,
+    es_persistence.InterfaceError,
+)
 
 
 def lock_id(name: str) -> int:
@@ -117,6 +129,9 @@ class Runner:
 
     def stop(self) -> None:
         self._stop.set()
+        stop = getattr(self.projection, "stop", None)
+        if callable(stop):  # delivery projections may be waiting for Redis inside apply()
+            stop()
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -124,8 +139,8 @@ class Runner:
                 with psycopg.connect(self.conninfo, autocommit=True) as lease:
                     if self._acquire(lease):
                         self._follow(lease)
-            except (psycopg.OperationalError, LostLease) as exc:
-                logger.warning("projection {}: {}; retrying", self.name, exc)
+            except OUTAGES as exc:
+                logger.warning("projection {}: {}: {}; retrying", self.name, type(exc).__name__, exc)
                 self.active.clear()
                 self._stop.wait(self.idle_poll)
         self.active.clear()
@@ -160,7 +175,7 @@ class Runner:
                 return 0
             try:
                 self._apply(conn, tracking, notifications)
-            except LostLease:
+            except OUTAGES:
                 raise
             except Exception as exc:  # noqa: BLE001 - a poison event somewhere in the batch
                 logger.warning("projection {} batch after {} failed ({}); isolating", self.name, tracking.position, exc)
@@ -186,7 +201,7 @@ class Runner:
                 try:
                     self._apply(conn, tracking, [notification])
                     break
-                except LostLease:
+                except OUTAGES:
                     raise
                 except Exception as exc:  # noqa: BLE001 - retried, then parked below
                     error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -12,12 +12,17 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from pandora_users.infra.embedded import EmbeddedServers
+
+if TYPE_CHECKING:
+    from pandora_users.commands.base import WriteSide
+    from pandora_users.store.app import EventStore
 
 TEST_KEK = bytes(range(32))
 TEST_PEPPER = b"pandora-users test email index pepper"
@@ -96,7 +101,7 @@ def database_url(server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def event_store(database_url: str) -> Iterator[EventStore]:  # noqa: F821
+def event_store(database_url: str) -> Iterator[EventStore]:
     from pandora_users.store.app import EventStore, postgres_env
 
     store = EventStore(postgres_env(database_url, pool_size=4, max_overflow=16, lock_timeout=5), TEST_KEK)
@@ -104,8 +109,8 @@ def event_store(database_url: str) -> Iterator[EventStore]:  # noqa: F821
     store.close()
 
 
-@pytest.fixture
-async def write_side(event_store: EventStore) -> AsyncIterator[WriteSide]:  # noqa: F821
+def make_write_side(store: EventStore, **config: Any) -> WriteSide:
+    """Commands over `store` with cheap Argon2 parameters; close with `w.close(); w.hasher.close()`."""
     from pandora_users.commands.base import WriteConfig, WriteSide
     from pandora_users.security.hashing import Argon2Params, PasswordHasher
     from pandora_users.security.passwords import Blocklist
@@ -116,16 +121,17 @@ async def write_side(event_store: EventStore) -> AsyncIterator[WriteSide]:  # no
         queue_size=64,
         queue_timeout=10.0,
     )
-    w = WriteSide(
-        store=event_store,
-        pepper=TEST_PEPPER,
-        hasher=hasher,
-        blocklist=Blocklist.bundled(),
-        config=WriteConfig(lockout_threshold=3, session_max_per_user=5),
-    )
+    options: dict[str, Any] = {"lockout_threshold": 3, "session_max_per_user": 5, **config}
+    blocklist = Blocklist.bundled()
+    return WriteSide(store=store, pepper=TEST_PEPPER, hasher=hasher, blocklist=blocklist, config=WriteConfig(**options))
+
+
+@pytest.fixture
+async def write_side(event_store: EventStore) -> AsyncIterator[WriteSide]:
+    w = make_write_side(event_store)
     yield w
     w.close()
-    hasher.close()
+    w.hasher.close()
 
 
 @pytest.fixture

@@ -64,9 +64,9 @@ async def change_password(
         blocklist=w.blocklist,
         current_password=normalize_password(current),
     )
-    verified, _ = await verify_password(w, LoginAttempt(user.email, current), ctx)
-    if verified is None or verified.id != user_id:
-        raise InvalidCredentials()
+    verified = await verify_password(w, LoginAttempt(user.email, current), ctx)
+    if verified.user is None or verified.user.id != user_id:
+        raise InvalidCredentials(audit=verified.audit())
     new_hash = await w.hasher.hash(new_pw)
 
     def attempt() -> Written:

@@ -71,10 +71,24 @@ def find_account(w: WriteSide, email: str | None) -> tuple[User | None, str | No
     return user, cred.password_hash(w.store.datastore, user.id)
 
 
-async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> tuple[User | None, int]:
-    """Reserve an attempt, verify exactly once, record the outcome. Returns the user (None = failed)."""
+@dataclass(frozen=True)
+class Verified:
+    """The outcome of one password check: the user (None = failed) and facts for the access log."""
+
+    user: User | None
+    prior_failures: int = 0
+    lockout_failures: int | None = None  # set when this failure started a lock
+
+    def audit(self) -> dict[str, object]:
+        if self.lockout_failures is None:
+            return {}
+        return {"lockout_started": True, "lockout_failures": self.lockout_failures}
+
+
+async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> Verified:
+    """Reserve an attempt, verify exactly once, record the outcome."""
     if not password_form_ok(attempt.password, w.config.password_max_length):
-        return None, 0
+        return Verified(None)
     email, key = lockout_key(w, attempt.email)
     user, stored = await w.run(find_account, w, email)
     reservation = await w.run(w.lockout.reserve, key, user.id if user else None, ctx.now)
@@ -84,19 +98,19 @@ async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> 
     password = normalize_password(attempt.password)
     if user is None or stored is None:
         await w.hasher.verify_dummy(password)
-        await w.run(w.lockout.fail, key, ctx.now)
-        return None, 0
+        failure = await w.run(w.lockout.fail, key, ctx.now)
+        return Verified(None, lockout_failures=failure.failures if failure.locked_until else None)
     result = await w.hasher.verify(stored, password)
     if not result.ok:
         failure = await w.run(w.lockout.fail, key, ctx.now)
         if failure.locked_until is not None:
             await w.run(_record_lock, w, user.id, failure.locked_until, failure.failures, ctx)
-        return None, 0
+        return Verified(None, lockout_failures=failure.failures if failure.locked_until else None)
     prior = await w.run(w.lockout.clear, key)
     if result.needs_rehash:
         new_hash = await w.hasher.hash(password)
         await w.run(w.store.append, [], [cred.replace_password_hash(user.id, stored, new_hash, ctx.now)])
-    return user, prior
+    return Verified(user, prior)
 
 
 def _record_lock(w: WriteSide, user_id: UUID, until: datetime, failures: int, ctx: Context) -> None:
@@ -114,9 +128,12 @@ def _record_lock(w: WriteSide, user_id: UUID, until: datetime, failures: int, ct
 
 async def log_in(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> LoginOutcome:
     """Public or admin login. Every failure is the same `invalid_credentials`."""
-    user, prior = await verify_password(w, attempt, ctx)
-    if user is None or (attempt.audience == "pandora-admin" and user.role != "admin"):
-        raise InvalidCredentials()
+    verified = await verify_password(w, attempt, ctx)
+    user, prior = verified.user, verified.prior_failures
+    if user is None:
+        raise InvalidCredentials(audit=verified.audit())
+    if attempt.audience == "pandora-admin" and user.role != "admin":
+        raise InvalidCredentials(audit={"reason": "not_admin", "user_id": str(user.id)})
     session_id = uuid.uuid4()
     refresh_token, refresh_hash = new_opaque_token()
     expires_at = ctx.now + timedelta(seconds=w.config.refresh_ttl)
@@ -199,7 +216,7 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
     )
     if not rotated:
         await _reuse_detected(w, row["id"], attempt, ctx)
-        raise InvalidRefreshToken()
+        raise InvalidRefreshToken(audit={"reuse": True, "user_id": str(user.id), "session_id": str(row["id"])})
     return SessionGrant(user, row["id"], row["audience"], new_token, row["expires_at"], row["created_at"], None)
 
 

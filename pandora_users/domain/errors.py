@@ -65,6 +65,8 @@ class DomainError(Exception):
     message: str = ""
     details: list[FieldError] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Facts for the access log (never part of the response body), e.g. {"lockout_started": True}.
+    audit: dict[str, Any] = field(default_factory=dict, repr=False)
 
     code: ClassVar[str] = "internal_error"
 

@@ -115,3 +115,24 @@ def test_poison_event_is_parked_and_later_events_still_projected(event_store: Ev
         parked = conn.execute("SELECT position, topic, attempts, error FROM projection_failures").fetchall()
         assert read_position(conn, "recording") == last
     assert parked == [(7, ev.SessionLoggedIn.TOPIC, 2, "RuntimeError: poison")]
+
+
+def test_recovers_after_its_connections_are_killed(event_store: EventStore, seen_table: str) -> None:
+    """A database restart, as seen by the runner: every connection dies; nothing is parked or lost."""
+    runner = Runner(event_store, seen_table, Recording(), idle_poll=0.2)
+    thread = _start(runner)
+    first = _append_sessions(event_store, 20)
+    assert wait_until(event_store, runner, first)
+    with psycopg.connect(seen_table, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    last = _append_sessions(event_store, 20)
+    assert wait_until(event_store, runner, last, timeout=30)
+    runner.stop()
+    thread.join(10)
+    assert thread.is_alive() is False
+    assert _seen(seen_table) == list(range(1, last + 1))
+    with psycopg.connect(seen_table) as conn:
+        assert conn.execute("SELECT count(*) FROM projection_failures").fetchone() == (0,)

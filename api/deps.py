@@ -1,0 +1,140 @@
+"""What the HTTP handlers share: the runtime's parts and the per-request helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from litestar import Request, Response
+from redis.asyncio import Redis
+
+from api.auth import Authenticator, Principal
+from api.consistency import Consistency, encode_token
+from api.schemas import AuthResponse, UserDTO
+from pandora_users.commands.base import EndedSession, WriteSide
+from pandora_users.commands.registration import SessionGrant
+from pandora_users.domain.context import Context
+from pandora_users.domain.user import User
+from pandora_users.security.tokens import TokenService
+from pandora_users.store.app import EventStore
+
+RecordRevocations = Callable[[Sequence[EndedSession]], Awaitable[None]]
+Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
+
+
+def ts(value: datetime | None) -> str | None:
+    """RFC 3339 UTC with exactly six fractional digits and `Z` (SPEC §2.2)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ts_epoch(seconds: float) -> str:
+    return ts(datetime.fromtimestamp(seconds, UTC)) or ""
+
+
+@dataclass
+class Limits:
+    """The rate-limit hook; without a limiter every request is allowed (tests of other parts)."""
+
+    check: Limiter | None = None
+    per_user: bool = True
+
+    async def __call__(self, request: Request[Any, Any, Any], limits: Sequence[tuple[str, str]]) -> None:
+        if self.check is not None:
+            await self.check(request, limits)
+
+    async def authenticated(self, request: Request[Any, Any, Any], actor: str) -> None:
+        """`user` for authenticated requests, or `ip` when RATE_LIMIT_ENABLE_PER_USER=false."""
+        await self(request, [("user", actor)] if self.per_user else [("ip", request.state.client_ip or "unknown")])
+
+
+@dataclass
+class ApiDeps:
+    """Built once by the composition root and injected into every handler."""
+
+    write: WriteSide
+    store: EventStore
+    tokens: TokenService
+    authenticator: Authenticator
+    consistency: Consistency
+    pool: asyncpg.Pool
+    redis: Redis
+    record_revocations: RecordRevocations
+    limits: Limits = field(default_factory=Limits)
+    forgot_min_seconds: float = 0.25
+
+
+def note(request: Request[Any, Any, Any], **facts: Any) -> None:
+    """Facts for this request's access-log entry (never secrets or bodies)."""
+    request.state.audit = {**request.state.get("audit", {}), **facts}
+
+
+def context(request: Request[Any, Any, Any], *, actor_id: str | None, actor_role: str) -> Context:
+    """The audit metadata of SPEC §9.2 for a command issued by this request."""
+    metadata = {"actor_role": actor_role, "request_id": request.state.request_id}
+    if actor_id is not None:
+        metadata["actor_id"] = actor_id
+    ip, agent = request.state.client_ip, request.headers.get("user-agent")
+    if ip:
+        metadata["ip_address"] = ip
+    if agent:
+        metadata["user_agent"] = agent[:512]
+    traceparent = request.headers.get("traceparent")
+    if traceparent:
+        metadata["traceparent"] = traceparent
+    return Context(metadata=metadata)
+
+
+def principal_context(request: Request[Any, Any, Any], principal: Principal) -> Context:
+    role = "admin" if principal.audience == "pandora-admin" else "user"
+    return context(request, actor_id=principal.actor, actor_role=role)
+
+
+def user_dto(user: User) -> UserDTO:
+    return UserDTO(
+        id=str(user.id),
+        email=user.email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        role=user.role,
+        kyc_status=user.kyc_status,
+        email_verified=user.email_verified_at is not None,
+        created_at=ts(user.created_at) or "",
+        updated_at=ts(user.updated_at) or "",
+    )
+
+
+def auth_response(tokens: TokenService, grant: SessionGrant) -> AuthResponse:
+    issued = tokens.issue_access(
+        user_id=str(grant.user.id),
+        email=grant.user.email,
+        role=grant.user.role,
+        audience=grant.audience,
+        session_id=str(grant.session_id),
+        session_expires_at=grant.session_expires_at.timestamp(),
+        auth_time=grant.auth_time.timestamp(),
+    )
+    session_end = ts(grant.session_expires_at) or ""
+    return AuthResponse(
+        access_token=issued.token,
+        refresh_token=grant.refresh_token,
+        token_type="Bearer",  # noqa: S106 - the token type, not a secret
+        expires_in=issued.expires_at - issued.issued_at,
+        access_token_expires_at=ts_epoch(issued.expires_at),
+        refresh_token_expires_at=session_end,
+        expires_at=session_end,
+        session_id=str(grant.session_id),
+        user=user_dto(grant.user),
+    )
+
+
+def with_headers(response: Response[Any], *, position: int | None = None, etag: int | None = None) -> Response[Any]:
+    if position is not None:
+        response.headers["X-Consistency-Token"] = encode_token(position)
+    if etag is not None:
+        response.headers["ETag"] = f'"{etag}"'
+    return response

@@ -1,0 +1,44 @@
+"""The session-liveness check of SPEC §6.6: Redis first (one lookup), PostgreSQL when Redis fails."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+import asyncpg
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from pandora_users.commands.base import EndedSession
+from projections.revocations import is_revoked, record_revocations
+
+DELETED_REASONS = ("account_deleted", "account_erased")
+
+
+class SessionLiveness:
+    def __init__(self, redis: Redis, pool: asyncpg.Pool, *, prefix: str, access_ttl: float) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.prefix = prefix
+        self.access_ttl = access_ttl
+
+    async def state(self, session_id: UUID) -> str | None:
+        """None when live, else `revoked` or `deleted` (the account was deleted or erased)."""
+        try:
+            return await is_revoked(self.redis, self.prefix, session_id)
+        except (RedisError, OSError) as exc:
+            logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
+        row = await self.pool.fetchrow("SELECT ended_at, end_reason FROM sessions WHERE id = $1", session_id)
+        if row is None:
+            return "deleted"  # erasure deletes the session rows
+        if row["ended_at"] is None:
+            return None
+        return "deleted" if row["end_reason"] in DELETED_REASONS else "revoked"
+
+    async def record(self, ended: Sequence[EndedSession]) -> None:
+        """After a command commits and before it answers; the revocations projector repairs a failed write."""
+        try:
+            await record_revocations(self.redis, self.prefix, self.access_ttl, ended)
+        except (RedisError, OSError) as exc:
+            logger.warning("revocation entries not written to Redis ({}); PostgreSQL remains authoritative", exc)

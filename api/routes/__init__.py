@@ -1,0 +1,1 @@
+"""Route handlers of the HTTP listeners, one module per resource."""

@@ -1,0 +1,160 @@
+"""The current user (SPEC §3.2) and their sessions (§3.3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+
+from api.deps import ApiDeps, principal_context, ts, user_dto, with_headers
+from api.routes.common import authenticate, parse_id, parse_if_match
+from api.schemas import (
+    KycRequest,
+    MessageResponse,
+    PasswordChangeRequest,
+    ProfilePatch,
+    ProfileReplace,
+    RefreshRequest,
+    SessionDTO,
+    SessionList,
+    UserDTO,
+)
+from pandora_users.commands import account, sessions
+from pandora_users.domain.errors import FieldError, InvalidRequest, UserNotFound
+from projections.queries.users import get_user
+
+LIVE_SESSIONS = """
+SELECT id, audience, ip_address, user_agent, created_at, last_used_at, expires_at FROM sessions
+WHERE user_id = $1 AND ended_at IS NULL AND expires_at > now()
+  AND ($2::float8 = 0 OR last_used_at + make_interval(secs => $2::float8) > now())
+ORDER BY created_at DESC, id DESC
+"""
+
+
+class MeController(Controller):
+    path = "/api/v1/users/me"
+    tags = ["current user"]
+
+    @get("", summary="The current user (from the users read model, read-your-writes)")
+    async def me(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[UserDTO]:
+        principal = await authenticate(request, deps)
+        header = request.headers.get("x-consistency-token")
+        reached = await deps.consistency.wait(("users",), header=header, actor=principal.actor)
+        row = await get_user(deps.pool, principal.user_id)
+        if row is None or not row["is_active"]:
+            raise UserNotFound()
+        dto = UserDTO(**{name: row[name] for name in UserDTO.__struct_fields__})
+        return with_headers(Response(dto), position=reached or None, etag=row["version"])
+
+    @put("", summary="Replace first and last name")
+    async def replace(self, request: Request[Any, Any, Any], data: ProfileReplace, deps: ApiDeps) -> Response[UserDTO]:
+        return await _update(request, deps, data.first_name, data.last_name)
+
+    @patch("", summary="Change first and/or last name")
+    async def update(self, request: Request[Any, Any, Any], data: ProfilePatch, deps: ApiDeps) -> Response[UserDTO]:
+        first = data.first_name if isinstance(data.first_name, str) else None
+        last = data.last_name if isinstance(data.last_name, str) else None
+        if first is None and last is None:
+            raise InvalidRequest(details=[FieldError("body", "at least one of first_name, last_name is required")])
+        return await _update(request, deps, first, last)
+
+    @delete("", status_code=200, summary="Delete the account (soft delete)")
+    async def remove(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
+        principal = await authenticate(request, deps)
+        _, written = await account.delete_user(
+            deps.write, principal.user_id, if_match=None, ctx=principal_context(request, principal), must_be_live=True
+        )
+        await deps.consistency.remember(principal.actor, written.position)
+        return with_headers(Response(MessageResponse("account deleted successfully")), position=written.position)
+
+    @post("/password", status_code=200, summary="Change the password (ends every other session)")
+    async def password(
+        self, request: Request[Any, Any, Any], data: PasswordChangeRequest, deps: ApiDeps
+    ) -> Response[MessageResponse]:
+        principal = await authenticate(request, deps)
+        written = await account.change_password(
+            deps.write,
+            principal.user_id,
+            principal.session_id,
+            current=data.current_password,
+            new=data.new_password,
+            ctx=principal_context(request, principal),
+        )
+        await deps.consistency.remember(principal.actor, written.position)
+        return with_headers(Response(MessageResponse("password changed successfully")), position=written.position)
+
+    @patch("/kyc", summary="Resubmit KYC after a rejection")
+    async def kyc(self, request: Request[Any, Any, Any], data: KycRequest, deps: ApiDeps) -> Response[UserDTO]:
+        principal = await authenticate(request, deps)
+        user, written = await account.resubmit_kyc(
+            deps.write, principal.user_id, data.status, principal_context(request, principal)
+        )
+        await deps.consistency.remember(principal.actor, written.position)
+        return with_headers(Response(user_dto(user)), position=written.position, etag=user.version)
+
+    @get("/sessions", summary="The caller's live sessions, newest first")
+    async def list_sessions(self, request: Request[Any, Any, Any], deps: ApiDeps) -> SessionList:
+        principal = await authenticate(request, deps)
+        rows = await deps.pool.fetch(LIVE_SESSIONS, principal.user_id, deps.write.config.session_idle_timeout)
+        return SessionList([_session_dto(row, principal.session_id) for row in rows])
+
+    @delete("/sessions/{session_id:str}", status_code=200, summary="End one of the caller's sessions")
+    async def revoke(
+        self, request: Request[Any, Any, Any], session_id: str, deps: ApiDeps
+    ) -> Response[MessageResponse]:
+        principal = await authenticate(request, deps)
+        target = parse_id(session_id, "session_id")
+        written = await sessions.revoke_own_session(
+            deps.write, principal.user_id, target, principal_context(request, principal)
+        )
+        await deps.consistency.remember(principal.actor, written.position)
+        return with_headers(Response(MessageResponse("session revoked successfully")), position=written.position)
+
+    @post("/logout", status_code=200, summary="End the session of the given refresh token")
+    async def logout(
+        self, request: Request[Any, Any, Any], data: RefreshRequest, deps: ApiDeps
+    ) -> Response[MessageResponse]:
+        principal = await authenticate(request, deps)
+        written = await sessions.log_out(
+            deps.write, principal.user_id, data.refresh_token, principal_context(request, principal)
+        )
+        await deps.consistency.remember(principal.actor, written.position)
+        return with_headers(Response(MessageResponse("logged out successfully")), position=written.position)
+
+    @post("/logout-all", status_code=200, summary="End every session of the caller, this one included")
+    async def logout_all(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
+        principal = await authenticate(request, deps)
+        written = await sessions.log_out_all(deps.write, principal.user_id, principal_context(request, principal))
+        await deps.consistency.remember(principal.actor, written.position)
+        body = MessageResponse("logged out from all devices successfully")
+        return with_headers(Response(body), position=written.position)
+
+
+async def _update(
+    request: Request[Any, Any, Any], deps: ApiDeps, first: str | None, last: str | None
+) -> Response[UserDTO]:
+    principal = await authenticate(request, deps)
+    if_match = parse_if_match(request)
+    user, written = await account.update_profile(
+        deps.write,
+        principal.user_id,
+        first_name=first,
+        last_name=last,
+        if_match=if_match,
+        ctx=principal_context(request, principal),
+    )
+    await deps.consistency.remember(principal.actor, written.position)
+    return with_headers(Response(user_dto(user)), position=written.position, etag=user.version)
+
+
+def _session_dto(row: Any, current: object) -> SessionDTO:
+    return SessionDTO(
+        id=str(row["id"]),
+        audience=row["audience"],
+        ip_address=row["ip_address"],
+        user_agent=row["user_agent"],
+        created_at=ts(row["created_at"]) or "",
+        last_used_at=ts(row["last_used_at"]) or "",
+        expires_at=ts(row["expires_at"]) or "",
+        current=row["id"] == current,
+    )

@@ -1,0 +1,73 @@
+"""A real `pandora-users serve` process shared by the end-to-end API tests of a session."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.e2e.procs import Service, clean_env, free_port
+
+_ips = itertools.count(1)
+
+
+@dataclass
+class Api:
+    """The running service, with a fresh client IP per caller (X-Forwarded-For from a trusted proxy)."""
+
+    service: Service
+    database_url: str
+    redis_url: str
+    stream: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    def client(self, ip: str | None = None) -> httpx.Client:
+        n = next(_ips)
+        address = ip or f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        return httpx.Client(
+            base_url=self.url, headers={"X-Forwarded-For": address, "User-Agent": "e2e-tests"}, timeout=30
+        )
+
+
+@pytest.fixture(scope="session")
+def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    name = f"pandora_e2e_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    database_url = server_url.rsplit("/", 1)[0] + "/" + name
+    run = uuid.uuid4().hex[:8]
+    stream, prefix = f"e2e-{run}:events", f"e2e-{run}:"
+    workdir: Path = tmp_path_factory.mktemp("api")
+    env = clean_env(
+        APP_ENV="test",
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=prefix,
+        EVENTS_STREAM=stream,
+        DATA_DIR=str(workdir / "data"),
+        TRUSTED_PROXIES="127.0.0.1/32,::1/128",
+        ARGON2_MEMORY_KIB="8192",
+        ARGON2_PARALLELISM="1",
+        LOCKOUT_THRESHOLD="3",  # below the login-email limit (5), so the lock answers before a 429
+        LOG_LEVEL="info",
+        DATA_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        EMAIL_INDEX_KEY="pandora-users test email index pepper",
+    )
+    service = Service(env, workdir, free_port())
+    try:
+        service.wait_ready(timeout=60)
+        yield Api(service, database_url, redis_url, stream, prefix)
+    finally:
+        service.stop()
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
