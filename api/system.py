@@ -10,28 +10,44 @@ from typing import Any
 from litestar import Response, get
 
 Check = Callable[[], Awaitable[object]]
+Lags = Callable[[], Awaitable[dict[str, float]]]
 CHECK_TIMEOUT = 1.0
+GATING = ("users", "event_log")  # revocations and forwarder are reported but do not gate readiness
 
 
 class Readiness:
     """Runs the readiness checks; turns not-ready at once when shutdown begins."""
 
-    def __init__(self, postgres: Check, redis: Check) -> None:
+    def __init__(self, postgres: Check, redis: Check, lags: Lags | None = None, *, max_lag: float = 30.0) -> None:
         self.postgres = postgres
         self.redis = redis
+        self.lags = lags
+        self.max_lag = max_lag
         self.shutting_down = False
 
     async def report(self) -> tuple[int, dict[str, Any]]:
-        pg, rd = await asyncio.gather(_timed(self.postgres), _timed(self.redis))
-        checks: dict[str, Any] = {
-            "postgres": pg,
-            "redis": rd if rd["status"] == "ok" else {**rd, "status": "degraded"},
-        }
-        if self.shutting_down:
-            return 503, {"status": "not_ready", "checks": checks}
-        if pg["status"] != "ok":
+        pg, rd, proj = await asyncio.gather(_timed(self.postgres), _timed(self.redis), self._projections())
+        checks: dict[str, Any] = {"postgres": pg, "redis": rd if rd["status"] == "ok" else {**rd, "status": "degraded"}}
+        if proj is not None:
+            checks["projections"] = proj
+        failed = pg["status"] != "ok" or (proj is not None and proj["status"] != "ok")
+        if self.shutting_down or failed:
             return 503, {"status": "not_ready", "checks": checks}
         return 200, {"status": "ready" if rd["status"] == "ok" else "degraded", "checks": checks}
+
+    async def _projections(self) -> dict[str, Any] | None:
+        if self.lags is None:
+            return None
+        try:
+            lags = await asyncio.wait_for(self.lags(), CHECK_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a failed check, never a 500
+            return {"status": "fail", "error": _short(exc), "lag_seconds": {}}
+        behind = [n for n in GATING if lags.get(n, 0.0) > self.max_lag]
+        rounded = {name: round(lag, 3) for name, lag in lags.items()}
+        result: dict[str, Any] = {"status": "fail" if behind else "ok", "lag_seconds": rounded}
+        if behind:
+            result["error"] = f"lagging: {', '.join(behind)}"
+        return result
 
 
 async def _timed(check: Check) -> dict[str, Any]:

@@ -233,5 +233,12 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     tokens = TokenService(KeyRing(signing_keys(settings)), settings.jwt_issuer, settings.jwt_access_token_expiry)
     db = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max)
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
-    readiness = Readiness(postgres=lambda: db.fetchval("SELECT 1"), redis=redis.ping)
+    from projections.status import projection_lags
+
+    readiness = Readiness(
+        postgres=lambda: db.fetchval("SELECT 1"),
+        redis=redis.ping,
+        lags=lambda: projection_lags(db),
+        max_lag=settings.ready_max_projection_lag,
+    )
     return Runtime(settings, store, write, hasher, tokens, db, redis, readiness)

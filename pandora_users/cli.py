@@ -22,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--check", action="store_true", help="change nothing; exit 5 unless the schema is current")
     project = sub.add_parser("project", help="run projectors (one active instance each; others stand by)")
     project.add_argument("names", nargs="+", metavar="NAME", help="users, event_log, revocations, forwarder or all")
+    rebuild = sub.add_parser("rebuild", help="rebuild read models beside the live ones, then swap atomically")
+    rebuild.add_argument("names", nargs="+", metavar="NAME", help="users, event_log or all")
+    cleanup = sub.add_parser("audit-cleanup", help="delete expired access-log rows and old session/link records")
+    cleanup.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     admin = sub.add_parser("create-admin", help="create the first administrator (password on stdin or prompted)")
     admin.add_argument("--email", required=True)
     admin.add_argument("--first-name", default="Admin")
@@ -54,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands_cli.migrate(check=args.check)
         if args.command == "project":
             return commands_cli.project(args.names)
+        if args.command == "rebuild":
+            return commands_cli.rebuild(args.names)
+        if args.command == "audit-cleanup":
+            return asyncio.run(commands_cli.audit_cleanup(dry_run=args.dry_run))
         if args.command == "create-admin":
             return asyncio.run(
                 commands_cli.create_admin(

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from pandora_users.bootstrap import (
     build_runtime,
+    crypto_keys,
     database_url,
     ensure_schema,
     open_store,
@@ -101,4 +102,55 @@ def project(names: list[str]) -> int:
         supervisor.start()
         stop.wait()
         supervisor.stop(settings.shutdown_timeout)
+    return 0
+
+
+def rebuild(names: list[str]) -> int:
+    """`pandora-users rebuild <users|event_log|all>`: rebuild beside the live table, then swap."""
+    from projections.rebuild import rebuild_all
+    from projections.registry import READ_MODELS
+
+    chosen = list(READ_MODELS) if names == ["all"] else names
+    bad = [n for n in chosen if n not in READ_MODELS]
+    if bad:
+        delivery = bad[0] in NAMES
+        why = "is a delivery process and cannot be rebuilt" if delivery else "is not a read model"
+        raise Fatal(2, f"error: {bad[0]!r} {why} (expected users, event_log or all)")
+    with prepared() as (settings, store):
+        ensure_schema(settings, store, migrate=settings.auto_migrate)
+        reports = rebuild_all(store, database_url(settings), chosen, kek=crypto_keys(settings)["data_encryption_key"])
+    for report in reports:
+        print(
+            f"{report.name}: {report.events} events in {report.seconds:.1f} s "
+            f"({report.events_per_second:.0f} events/s), now serving {report.new_table} at position {report.position}"
+        )
+    return 0
+
+
+async def audit_cleanup(*, dry_run: bool) -> int:
+    """`pandora-users audit-cleanup [--dry-run]`: the maintenance job of SPEC §9.4, once."""
+    import asyncpg
+
+    from pandora_users.audit.cleanup import run_cleanup
+
+    with prepared() as (settings, store):
+        ensure_schema(settings, store, migrate=settings.auto_migrate)
+        pool = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=2)
+        try:
+            report = await run_cleanup(
+                pool,
+                batch_size=settings.audit_cleanup_batch_size,
+                session_record_retention=settings.session_record_retention,
+                dry_run=dry_run,
+            )
+        finally:
+            await pool.close()
+    if report.skipped:
+        print("audit-cleanup: another replica is running it; nothing done")
+        return 0
+    verb = "would delete" if dry_run else "deleted"
+    print(
+        f"audit-cleanup {verb}: {report.access_log} access-log rows, {report.sessions} session records, "
+        f"{report.link_tokens} link tokens ({report.duration:.1f} s)"
+    )
     return 0

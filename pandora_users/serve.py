@@ -19,7 +19,7 @@ from loguru import logger
 
 from api.app import create_public_app, wrap
 from api.audit import AccessLogMiddleware
-from api.auth import PUBLIC, Authenticator
+from api.auth import ADMIN, PUBLIC, Authenticator
 from api.consistency import Consistency
 from api.deps import ApiDeps, Limits
 from api.edge import EdgeConfig
@@ -47,6 +47,7 @@ from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.store.app import EventStore
 from projections.registry import NAMES, Supervisor
+from rpc.server import start_rpc
 
 
 class _Server(uvicorn.Server):
@@ -99,7 +100,7 @@ def edge_config(settings: Settings) -> EdgeConfig:
     )
 
 
-def api_deps(runtime: Runtime) -> ApiDeps:
+def api_deps(runtime: Runtime, audience: str = PUBLIC) -> ApiDeps:
     settings = runtime.settings
     liveness = SessionLiveness(
         runtime.redis, runtime.db, prefix=settings.redis_key_prefix, access_ttl=settings.jwt_access_token_expiry
@@ -112,7 +113,7 @@ def api_deps(runtime: Runtime) -> ApiDeps:
         write=runtime.write,
         store=runtime.store,
         tokens=runtime.tokens,
-        authenticator=Authenticator(runtime.tokens, liveness.state, audience=PUBLIC),
+        authenticator=Authenticator(runtime.tokens, liveness.state, audience=audience),
         consistency=consistency,
         pool=runtime.db,
         redis=runtime.redis,
@@ -175,6 +176,34 @@ def public_app(runtime: Runtime, parts: HttpParts) -> Any:
     return wrap(app, edge_config(settings), layers)
 
 
+def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
+    """The admin listener: edge middleware → access log → idempotency → Litestar (routes in api/admin)."""
+    from api.admin.app import create_admin_app
+    from api.admin.routes import admin_routes
+
+    settings = runtime.settings
+    deps = api_deps(runtime, audience=ADMIN)
+    deps.limits = Limits(
+        RequestLimits(parts.limits.limiter, parts.limits.table, bucket="admin|"),
+        per_user=settings.rate_limit_enable_per_user,
+    )
+    app = create_admin_app(deps, runtime.readiness, max_body=settings.max_request_body_bytes, routes=admin_routes())
+    layers: list[Callable[[Any], Any]] = [
+        functools.partial(AccessLogMiddleware, writer=parts.access_log, listener="admin"),
+        functools.partial(
+            IdempotencyMiddleware,
+            store=parts.idempotency,
+            tokens=runtime.tokens,
+            listener="admin",
+            audience=ADMIN,
+            max_body=settings.max_request_body_bytes,
+        ),
+    ]
+    origins = settings.admin_cors_allowed_origins
+    edge = EdgeConfig(settings.trusted_proxies, frozenset(o for o in origins if o != "*"), "*" in origins)
+    return wrap(app, edge, layers)
+
+
 async def _serve(settings: Settings, store: EventStore) -> int:
     runtime: Runtime = await build_runtime(settings, store)
     parts = HttpParts.start(runtime)
@@ -184,7 +213,11 @@ async def _serve(settings: Settings, store: EventStore) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    listeners = [_listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings)]
+    listeners = [
+        _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings),
+        _listener(admin_listener_app(runtime, parts), settings.admin_host, settings.admin_port, settings),
+    ]
+    rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port)
     tasks = [asyncio.create_task(server.serve()) for server in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -199,6 +232,7 @@ async def _serve(settings: Settings, store: EventStore) -> int:
             raise Fatal(1, "error: a listener could not start or stopped unexpectedly (see the log)")
     finally:
         stopper.cancel()
+        await rpc.close()
         await asyncio.to_thread(supervisor.stop, settings.shutdown_timeout)
         await parts.close()
         await runtime.close()

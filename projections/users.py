@@ -41,6 +41,10 @@ USER_EVENTS: tuple[type[ev.DomainEvent], ...] = (
     ev.UserErased,
 )
 TOPICS: tuple[str, ...] = tuple(cls.TOPIC for cls in USER_EVENTS)
+SCRUB_ACCESS_LOG = (
+    "UPDATE access_log SET actor_identifier = '[erased]', ip_address = NULL, user_agent = NULL"
+    " WHERE user_id = ANY(%s) AND actor_identifier <> '[erased]'"
+)
 # The only events whose personal fields reach the table (a rebuild decodes the others without keys).
 PERSONAL_TOPICS = frozenset({ev.UserRegistered.TOPIC, ev.UserProfileUpdated.TOPIC})
 
@@ -190,3 +194,6 @@ class UsersProjection:
 
     def apply(self, conn: psycopg.Connection[Any], batch: Sequence[Envelope]) -> None:
         execute(conn, self.table, [s for env in batch for s in reduce(env.event, env.position)])
+        erased = [env.event.user_id for env in batch if isinstance(env.event, ev.UserErased)]
+        if erased:  # SPEC §9.5 step 5: the user's access-log rows lose their personal data (idempotent)
+            conn.execute(SCRUB_ACCESS_LOG, (erased,))
