@@ -15,6 +15,8 @@ import pytest
 from tests.e2e.procs import Service, clean_env, free_port
 
 _ips = itertools.count(1)
+SERVICE_TOKEN = "wallet-service-token-0123456789abcdef0123"
+KYC_TOKEN = "kyc-adapter-token-0123456789abcdef012345"
 
 
 @dataclass
@@ -30,6 +32,14 @@ class Api:
     @property
     def url(self) -> str:
         return self.service.url
+
+    @property
+    def admin_url(self) -> str:
+        return self.service.admin_url
+
+    @property
+    def grpc_target(self) -> str:
+        return self.service.grpc_target
 
     def client(self, ip: str | None = None) -> httpx.Client:
         n = next(_ips)
@@ -58,6 +68,7 @@ def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pyt
         TRUSTED_PROXIES="127.0.0.1/32,::1/128",
         ARGON2_MEMORY_KIB="8192",
         ARGON2_PARALLELISM="1",
+        SERVICE_TOKENS=f"wallet:{SERVICE_TOKEN},kyc-adapter:{KYC_TOKEN}:UpdateKYCStatus|GetUser",
         LOCKOUT_THRESHOLD="3",  # below the login-email limit (5), so the lock answers before a 429
         LOG_LEVEL="info",
         DATA_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",

@@ -43,12 +43,21 @@ class Service:
         self.port = port
         self.log = cwd / f"serve-{port}.log"
         self._out = self.log.open("w")
-        env = {**env, "SERVER_PORT": str(port), "ADMIN_PORT": str(free_port()), "GRPC_PORT": str(free_port())}
+        self.admin_port, self.grpc_port = free_port(), free_port()
+        env = {**env, "SERVER_PORT": str(port), "ADMIN_PORT": str(self.admin_port), "GRPC_PORT": str(self.grpc_port)}
         self.proc = subprocess.Popen([EXE, "serve"], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout: float = 60) -> httpx.Response:
         deadline = time.monotonic() + timeout
