@@ -46,3 +46,15 @@ fmt: sync
 # Regenerate the JSON Schemas of the integration events (schema/events/); a test fails on drift.
 schemas: sync
     {{py}} -m projections.schemas
+
+# Regenerate the gRPC code in rpc/gen from schema/proto/pandora/user/v1/user.proto; a test fails on drift.
+proto: sync
+    {{py}} -m rpc.protogen
+
+# Container and Kubernetes checks: hadolint, every overlay rendered and validated offline, dashboard and alerts.
+ops-check: sync
+    {{venv}}/bin/pytest -q -p no:cacheprovider tests/unit/test_container_and_k8s.py
+
+# Print the Kubernetes manifests of an overlay (dev, sandbox, audit, prod) without kubectl.
+ops-render ENV: sync
+    {{py}} -m tests.unit.k8s_render ops/k8s/overlays/{{ENV}}

@@ -13,6 +13,7 @@ from uuid import UUID
 from api.auth import Principal
 from pandora_users.audit.access_log import AccessLogEntry, AccessLogWriter
 from pandora_users.audit.vocabulary import error_event_type
+from pandora_users.observability import metrics as m
 
 Scope = dict[str, Any]
 SYSTEM = ("/health", "/ready", "/metrics", "/.well-known/jwks.json", "/openapi.json", "/swagger")
@@ -27,7 +28,7 @@ AUTH_ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", f"{P}/users/me/logout"): ("session_logout", "session_logout"),
     ("POST", f"{P}/admin/auth/logout"): ("session_logout", "session_logout"),
     ("POST", f"{P}/users/me/logout-all"): ("session_logout", "session_logout"),
-    ("DELETE", f"{P}/users/me/sessions/{{session_id:str}}"): ("session_logout", "session_logout"),
+    ("DELETE", f"{P}/users/me/sessions/{{session_id}}"): ("session_logout", "session_logout"),
     ("POST", f"{P}/auth/verify-email"): ("authn_email_verification", "authn_email_verification"),
     ("POST", f"{P}/auth/verify-email/resend"): ("authn_email_verification", "authn_email_verification"),
     ("POST", f"{P}/auth/password/forgot"): ("authn_password_reset_request", "authn_password_reset_request"),
@@ -88,6 +89,7 @@ class AccessLogMiddleware:
         finally:
             entry = self._entry(scope, status, (time.perf_counter() - started) * 1000)
             if entry is not None:
+                count_business_metrics(entry, scope.get("state", {}))
                 await self.writer.record(entry)
 
     def _entry(self, scope: Scope, status: int, duration_ms: float) -> AccessLogEntry | None:
@@ -120,6 +122,37 @@ class AccessLogMiddleware:
             duration_ms=round(duration_ms),
             metadata=metadata,
         )
+
+
+def count_business_metrics(entry: AccessLogEntry, state: dict[str, Any]) -> None:
+    """Logins, registrations, refreshes, logouts, lockouts and reuse, from the entry's classification."""
+    kind, audit = entry.event_type, state.get("audit", {})
+    audience = "pandora-admin" if entry.listener == "admin" else "pandora-api"
+    login = {
+        "authn_login_success": "success",
+        "authn_login_successafterfail": "success",
+        "authn_admin_login_success": "success",
+        "authn_login_lock": "locked",
+    }
+    if kind in login:
+        m.logins.labels(audience, login[kind]).inc()
+    elif kind in ("authn_login_fail", "authn_login_fail_max", "authn_admin_login_fail"):
+        reason = "invalid_credentials" if entry.failure_reason == "invalid_credentials" else "failure"
+        m.logins.labels(audience, reason).inc()
+    elif kind == "user_created":
+        m.registrations.labels("success" if entry.status == "success" else "failure").inc()
+    elif kind == "authn_token_created":
+        m.token_refresh.labels(audience, "success").inc()
+    elif kind in ("authn_token_invalid", "authn_token_reuse"):
+        m.token_refresh.labels(audience, "reuse" if kind == "authn_token_reuse" else "invalid").inc()
+    elif kind == "session_logout" and entry.status == "success":
+        m.logouts.labels("all" if entry.route.endswith("logout-all") else "single").inc()
+    elif kind == "excess_rate_limit_exceeded":
+        m.rate_limit_rejections.labels(audit.get("limit") or "unknown").inc()
+    if kind == "authn_token_reuse":
+        m.token_reuse.inc()
+    if audit.get("lockout_started"):
+        m.account_lockouts.inc()
 
 
 def _uuid(value: Any) -> UUID | None:

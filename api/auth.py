@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from pandora_users.domain.errors import Forbidden, Unauthorized, UserNotFound
+from pandora_users.observability import metrics as m
 from pandora_users.security.tokens import AccessClaims, TokenInvalid, TokenService
 
 PUBLIC, ADMIN = "pandora-api", "pandora-admin"
@@ -50,7 +51,9 @@ class Authenticator:
         token = bearer_token(header)
         try:
             claims = self.tokens.verify_access(token, audience=None)
-        except TokenInvalid:
+        except TokenInvalid as exc:
+            m.token_validation.labels("access", "invalid").inc()
+            m.token_validation_errors.labels(exc.reason).inc()
             raise Unauthorized("invalid or expired access token") from None
         if claims.aud != self.audience:
             if self.audience == ADMIN:
@@ -59,6 +62,7 @@ class Authenticator:
         if self.audience == ADMIN and claims.role != "admin":
             raise Forbidden("admin access required")
         state = await self.session_state(UUID(claims.sid))
+        m.token_validation.labels("access", "valid" if state is None else "revoked").inc()
         if state == "deleted" and self.audience == PUBLIC:
             raise UserNotFound()
         if state is not None:

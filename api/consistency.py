@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pandora_users.domain.errors import FieldError, InvalidRequest, ServiceBusy
+from pandora_users.observability import metrics as m
 
 TOKEN = re.compile(r"^c1\.([1-9][0-9]{0,18})$")
 ACTOR_MARK_TTL = 60
@@ -77,13 +78,17 @@ class Consistency:
             if wanted > head:
                 raise InvalidRequest(details=[FieldError("X-Consistency-Token", "beyond the end of the log")])
         wanted = max(wanted, await self._actor_mark(actor))
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         delay = 0.002
         while True:
             reached = await self.reached(projections)
             if reached >= wanted:
+                outcome = "immediate" if delay == 0.002 else "waited"
+                m.consistency_wait.labels(outcome).observe(time.monotonic() - started)
                 return reached
             if time.monotonic() >= deadline:
+                m.consistency_wait.labels("timeout").observe(time.monotonic() - started)
                 raise ServiceBusy(extra={"retry_after_seconds": 1})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)

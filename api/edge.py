@@ -91,7 +91,9 @@ class EdgeMiddleware:
         origin = _header(scope, b"origin")
         allowed = origin is not None and (self.config.cors_any or origin in self.config.cors_origins)
         extra = self._headers(path, request_id, https, origin if allowed else None)
-        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+        if scope["method"] == "OPTIONS":
+            # Every OPTIONS is answered as a preflight (SPEC §2.1), never by the framework, whose `Allow`
+            # lists only the first handler's methods on a path with several (litestar#4169).
             await self._preflight(send, extra, allowed)
             return
         if path != "/" and path.endswith("/"):

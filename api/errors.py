@@ -10,6 +10,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
 from pandora_users.domain.errors import ERROR_TABLE, DomainError
+from pandora_users.observability import metrics as m
 
 _BY_STATUS = {
     404: "not_found",
@@ -35,6 +36,7 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
 
 def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     request.state.error_code = exc.code
+    m.errors.labels(exc.code, "http").inc()
     if exc.audit:
         request.state.audit = {**request.state.get("audit", {}), **exc.audit}
     details = [{"field": d.field, "message": d.message} for d in exc.details] or None
@@ -49,6 +51,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     request.state.error_code = "internal_error"
+    m.panics.labels("http").inc()
     logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, error_body("internal_error"))
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pandora_users.commands.base import EndedSession
+from pandora_users.observability import metrics as m
 from projections.revocations import is_revoked, record_revocations
 
 DELETED_REASONS = ("account_deleted", "account_erased")
@@ -26,15 +27,21 @@ class SessionLiveness:
     async def state(self, session_id: UUID) -> str | None:
         """None when live, else `revoked` or `deleted` (the account was deleted or erased)."""
         try:
-            return await is_revoked(self.redis, self.prefix, session_id)
+            state = await is_revoked(self.redis, self.prefix, session_id)
         except (RedisError, OSError) as exc:
             logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
+        else:
+            m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
+            return state
         row = await self.pool.fetchrow("SELECT ended_at, end_reason FROM sessions WHERE id = $1", session_id)
         if row is None:
-            return "deleted"  # erasure deletes the session rows
-        if row["ended_at"] is None:
-            return None
-        return "deleted" if row["end_reason"] in DELETED_REASONS else "revoked"
+            state = "deleted"  # erasure deletes the session rows
+        elif row["ended_at"] is None:
+            state = None
+        else:
+            state = "deleted" if row["end_reason"] in DELETED_REASONS else "revoked"
+        m.revocation_checks.labels("postgres", "live" if state is None else "revoked").inc()
+        return state
 
     async def record(self, ended: Sequence[EndedSession]) -> None:
         """After a command commits and before it answers; the revocations projector repairs a failed write."""

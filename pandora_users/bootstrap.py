@@ -122,7 +122,9 @@ def open_store(settings: Settings) -> EventStore:
         max_overflow=settings.db_pool_max - settings.db_pool_min,
         lock_timeout=settings.db_lock_timeout,
     )
-    return EventStore(env, crypto_keys(settings)["data_encryption_key"])
+    store = EventStore(env, crypto_keys(settings)["data_encryption_key"])
+    store.listen_for_key_destruction(database_url(settings))
+    return store
 
 
 def ensure_schema(settings: Settings, store: EventStore, *, migrate: bool) -> None:

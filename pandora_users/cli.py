@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pandora_users import __version__
 from pandora_users.config.errors import ConfigError
@@ -31,7 +32,36 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("--first-name", default="Admin")
     admin.add_argument("--last-name", default="User")
     admin.add_argument("--promote", action="store_true", help="make an existing live user an admin")
+    _audit_parsers(sub)
     return parser
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _audit_parsers(sub: Any) -> None:
+    """The auditor's commands: history, events, erase."""
+    history = sub.add_parser("history", help="print a user's published events (as the admin history endpoint)")
+    history.add_argument("user_id", metavar="USER_ID")
+    history.add_argument("--order", choices=("asc", "desc"), default="asc")
+    history.add_argument("--limit", type=_count(1), default=None, help="at most N events (default: all)")
+    history.add_argument("--json", action="store_true", help="JSON Lines, one EventDTO per line")
+    events = sub.add_parser("events", help="print published events after a position, from the event store")
+    events.add_argument("--after", type=_count(0), default=0, metavar="N", help="events with a position > N")
+    events.add_argument("--limit", type=_count(1), default=None, help="default 100 (no limit with --follow)")
+    events.add_argument("--type", default=None, metavar="T[,T...]", help="only these event types")
+    events.add_argument("--follow", action="store_true", help="keep printing new events until interrupted")
+    events.add_argument("--json", action="store_true", help="JSON Lines, one EventDTO per line")
+    erase = sub.add_parser("erase", help="erase a user for good (GDPR crypto-shredding), actor cli")
+    erase.add_argument("user_id", metavar="USER_ID")
+    erase.add_argument("--reason", required=True, help="why (stored in clear: no personal data)")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def read_password(prompt: Callable[[str], str] = getpass.getpass) -> str:
@@ -72,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     password_source=read_password,
                 )
             )
+        if args.command in ("history", "events", "erase"):
+            return _audit(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
@@ -81,6 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 2
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pandora_users import commands_cli
+
+    if args.command == "history":
+        return asyncio.run(commands_cli.history(args.user_id, order=args.order, limit=args.limit, as_json=args.json))
+    if args.command == "events":
+        return commands_cli.events(
+            after=args.after, limit=args.limit, types=args.type, follow=args.follow, as_json=args.json
+        )
+    return asyncio.run(commands_cli.erase(args.user_id, reason=args.reason, yes=args.yes, confirm=input))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,52 @@
-"""Log set-up: one line per record to stdout, JSON outside dev (SPEC §12.1)."""
+"""Logs (SPEC §12.1, §7.9): one line per record to stdout, JSON outside dev, secrets never written.
+
+Fields whose name (split on `_`, `-`, `.`) has a segment like `password`, `token` or `secret`, or the compounds
+`api_key`/`private_key`, are replaced by `[REDACTED]`; control characters in values are escaped so a value
+cannot forge log lines.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from datetime import UTC
+from typing import Any
 
 from loguru import logger
+
+SENSITIVE = frozenset({"password", "passwd", "secret", "token", "authorization", "cookie", "credential"})
+COMPOUNDS = ("api_key", "private_key")
+_SPLIT = re.compile(r"[_.\-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+REDACTED = "[REDACTED]"
+
+
+def is_sensitive(name: str) -> bool:
+    lowered = name.lower()
+    if any(compound in lowered.replace("-", "_").replace(".", "_") for compound in COMPOUNDS):
+        return True
+    return any(segment in SENSITIVE for segment in _SPLIT.split(lowered))
+
+
+def escape(value: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
+def redact(fields: dict[str, Any]) -> dict[str, Any]:
+    """A copy with sensitive fields replaced and control characters escaped, recursively."""
+    clean: dict[str, Any] = {}
+    for key, value in fields.items():
+        if is_sensitive(key):
+            clean[key] = REDACTED
+        elif isinstance(value, dict):
+            clean[key] = redact(value)
+        elif isinstance(value, str):
+            clean[key] = escape(value)
+        else:
+            clean[key] = value
+    return clean
 
 
 class _ToLoguru(logging.Handler):
@@ -16,22 +57,41 @@ class _ToLoguru(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(exception=record.exc_info).log(level, record.getMessage())
+        logger.bind(logger=record.name).opt(exception=record.exc_info).log(level, record.getMessage())
+
+
+def _json_sink(message: Any) -> None:
+    record = message.record
+    extra = dict(record["extra"])
+    doc: dict[str, Any] = {
+        "level": record["level"].name.lower(),
+        "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "message": escape(record["message"]),
+        "service": extra.pop("service", "pandora-users"),
+        "env": extra.pop("env", None),
+        "logger": extra.pop("logger", record["name"]),
+    }
+    doc.update(redact(extra))
+    if record["exception"] is not None:
+        doc["exception"] = escape("".join(record["exception"].__repr__()))[:4000]
+    sys.stdout.write(json.dumps(doc, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _console_format(record: Any) -> str:
+    record["message"] = escape(record["message"])
+    record["extra"] = redact(record["extra"])
+    name = record["extra"].get("logger", record["name"])
+    return f"<green>{{time:HH:mm:ss.SSS}}</green> <level>{{level: <7}}</level> {name}: {{message}}\n{{exception}}"
 
 
 def configure(*, level: str, fmt: str, env: str) -> None:
     logger.remove()
     logger.configure(extra={"service": "pandora-users", "env": env})
     if fmt == "json":
-        logger.add(sys.stdout, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+        logger.add(_json_sink, level=level.upper(), backtrace=False, diagnose=False)
     else:
-        logger.add(
-            sys.stdout,
-            level=level.upper(),
-            backtrace=False,
-            diagnose=False,
-            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {name}: {message}",
-        )
+        logger.add(sys.stdout, level=level.upper(), backtrace=False, diagnose=False, format=_console_format)
     logging.basicConfig(handlers=[_ToLoguru()], level=level.upper(), force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []

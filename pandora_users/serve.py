@@ -26,6 +26,7 @@ from api.edge import EdgeConfig
 from api.idempotency import IdempotencyStore
 from api.idempotent import IdempotencyMiddleware
 from api.limits import RequestLimits, limit_table
+from api.metrics_mw import MetricsMiddleware
 from api.ratelimit import RateLimiter
 from api.revocation import SessionLiveness
 from pandora_users.audit.access_log import AccessLogWriter
@@ -45,6 +46,7 @@ from pandora_users.config.settings import Settings, settings_from_env
 from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
+from pandora_users.observability import metrics as m
 from pandora_users.store.app import EventStore
 from projections.registry import NAMES, Supervisor
 from rpc.server import start_rpc
@@ -137,7 +139,12 @@ class HttpParts:
         idempotency = IdempotencyStore(
             runtime.redis, s.redis_key_prefix, crypto_keys(s)["data_encryption_key"], ttl=s.idempotency_ttl
         )
-        writer = AccessLogWriter(runtime.db, retention_days=s.audit_logs_keep_for_days)
+        writer = AccessLogWriter(
+            runtime.db,
+            retention_days=s.audit_logs_keep_for_days,
+            on_written=_count_written,
+            on_failure=_count_failed,
+        )
         writer.start()
         cleanup = asyncio.create_task(
             cleanup_forever(
@@ -156,6 +163,15 @@ class HttpParts:
         await self.access_log.close()
 
 
+def _count_written(entries: Any) -> None:
+    for entry in entries:
+        m.audit_created.labels(entry.event_type, entry.severity).inc()
+
+
+def _count_failed(entries: Any, error_type: str) -> None:
+    m.audit_failures.labels(error_type).inc(len(entries))
+
+
 def public_app(runtime: Runtime, parts: HttpParts) -> Any:
     """The public listener: edge middleware → access log → idempotency → Litestar."""
     settings = runtime.settings
@@ -163,6 +179,7 @@ def public_app(runtime: Runtime, parts: HttpParts) -> Any:
     deps.limits = Limits(parts.limits, per_user=settings.rate_limit_enable_per_user)
     app = create_public_app(deps, runtime.readiness, max_body=settings.max_request_body_bytes)
     layers: list[Callable[[Any], Any]] = [
+        functools.partial(MetricsMiddleware, listener="public"),
         functools.partial(AccessLogMiddleware, writer=parts.access_log, listener="public"),
         functools.partial(
             IdempotencyMiddleware,
@@ -189,6 +206,7 @@ def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
     )
     app = create_admin_app(deps, runtime.readiness, max_body=settings.max_request_body_bytes, routes=admin_routes())
     layers: list[Callable[[Any], Any]] = [
+        functools.partial(MetricsMiddleware, listener="admin"),
         functools.partial(AccessLogMiddleware, writer=parts.access_log, listener="admin"),
         functools.partial(
             IdempotencyMiddleware,
@@ -217,7 +235,7 @@ async def _serve(settings: Settings, store: EventStore) -> int:
         _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings),
         _listener(admin_listener_app(runtime, parts), settings.admin_host, settings.admin_port, settings),
     ]
-    rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port)
+    rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port, parts.access_log, parts.idempotency)
     tasks = [asyncio.create_task(server.serve()) for server in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:

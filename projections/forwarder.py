@@ -25,6 +25,7 @@ from loguru import logger
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from pandora_users.observability import metrics as m
 from projections.integration_events import ERASED_TYPE, Entry, to_entry
 from projections.runner import Envelope, LostLease
 
@@ -92,6 +93,7 @@ class RedisRetry:
             except redis.RedisError as exc:
                 self.failures += 1
                 self.errors += 1
+                m.stream_publish.labels("error").inc()
                 delay = self.delay()
                 if self.failures == 1 or self.failures % 10 == 0:
                     logger.warning("{}: Redis error ({}: {}); retrying", self.what, type(exc).__name__, exc)
@@ -185,6 +187,8 @@ class ForwarderProjection:
         self._checkpoint = max(checkpoint, entries[-1][0])
         self.stats.ok += ok
         self.stats.duplicate += len(entries) - ok
+        m.stream_publish.labels("ok").inc(ok)
+        m.stream_publish.labels("duplicate").inc(len(entries) - ok)
 
     def _xadd(self, fresh: Sequence[tuple[int, Entry]]) -> int:
         """XADD each entry; the number actually added (the rest were already there)."""

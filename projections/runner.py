@@ -27,6 +27,7 @@ from eventsourcing.persistence import Notification
 from loguru import logger
 
 from pandora_users.domain.events import DomainEvent
+from pandora_users.observability import metrics as m
 from pandora_users.store.app import EVENTS_TABLE, EventStore
 
 
@@ -181,6 +182,7 @@ class Runner:
                 logger.warning("projection {} batch after {} failed ({}); isolating", self.name, tracking.position, exc)
                 self._one_by_one(conn, tracking, notifications)
         self.processed += len(notifications)
+        m.projection_processed.labels(self.name).inc(len(notifications))
         return len(notifications)
 
     def _apply(self, conn: psycopg.Connection[Any], tracking: Tracking, notifications: Sequence[Notification]) -> None:
@@ -205,6 +207,7 @@ class Runner:
                     raise
                 except Exception as exc:  # noqa: BLE001 - retried, then parked below
                     error = f"{type(exc).__name__}: {exc}"[:2000]
+                    m.projection_failures.labels(self.name).inc()
                     logger.error(
                         "projection {} failed on position {} ({}): {}",
                         self.name,

@@ -33,3 +33,8 @@ async def projection_lags(pool: asyncpg.Pool, names: tuple[str, ...] = NAMES) ->
         state = row["next_state"]
         lags[row["name"]] = 0.0 if state is None else max(0.0, (now - _decode(bytes(state)).timestamp).total_seconds())
     return lags
+
+
+async def projection_positions(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT name, position FROM projection_positions WHERE name = ANY($1::text[])", list(NAMES))
+    return {row["name"]: int(row["position"]) for row in rows}

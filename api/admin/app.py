@@ -6,19 +6,22 @@ from typing import Any
 
 from litestar import Litestar, Response, get
 from litestar.di import Provide
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.app import jwks_endpoint, openapi, strict_body
 from api.deps import ApiDeps
 from api.errors import EXCEPTION_HANDLERS
 from api.swagger import openapi_document, swagger_asset, swagger_initializer, swagger_page
 from api.system import Readiness, health, ready
+from pandora_users.observability.metrics import exposition
+from projections.gauges import refresh_gauges
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def metrics() -> Response[bytes]:
+@get("/metrics", include_in_schema=False)
+async def metrics(deps: ApiDeps) -> Response[bytes]:
     """Prometheus text format (no authentication; the admin listener is internal only)."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    await refresh_gauges(deps.pool)
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
 
 
 def create_admin_app(

@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 
 from api.deps import ApiDeps, auth_response, context, note, with_headers
+from api.openapi_docs import CONSISTENCY, message, route_docs
 from api.routes.common import authenticate, client
 from api.schemas import (
     AuthResponse,
@@ -28,7 +29,14 @@ class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["authentication"]
 
-    @post("/register", status_code=201, summary="Register and log in")
+    @post(
+        "/register",
+        status_code=201,
+        summary="Register and log in",
+        description="Creates the account (role `user`, KYC `pending`, email not verified) and its first session. "
+        "The password policy is checked only when every other field is valid.",
+        **route_docs("POST", "weak_password", "user_already_exists", headers=[CONSISTENCY]),
+    )
     async def register(
         self, request: Request[Any, Any, Any], data: RegisterRequest, deps: ApiDeps
     ) -> Response[AuthResponse]:
@@ -48,7 +56,14 @@ class AuthController(Controller):
         body = auth_response(deps.tokens, grant)
         return with_headers(Response(body, status_code=201), position=grant.position)
 
-    @post("/login", status_code=200, summary="Log in with email and password")
+    @post(
+        "/login",
+        status_code=200,
+        summary="Log in with email and password",
+        description="Every failure (unknown email, wrong password, deleted account, empty password) is the same "
+        "401 `invalid_credentials`. Repeated failures lock the email out (423).",
+        **route_docs("POST", "invalid_credentials", "account_locked", headers=[CONSISTENCY]),
+    )
     async def login(self, request: Request[Any, Any, Any], data: LoginRequest, deps: ApiDeps) -> Response[AuthResponse]:
         ip, agent = client(request)
         email_key = canonical_email(data.email) or data.email.strip().lower()[:254]
@@ -61,7 +76,14 @@ class AuthController(Controller):
         await deps.consistency.remember(str(outcome.grant.user.id), outcome.grant.position)
         return with_headers(Response(auth_response(deps.tokens, outcome.grant)), position=outcome.grant.position)
 
-    @post("/refresh", status_code=200, summary="Rotate the refresh token")
+    @post(
+        "/refresh",
+        status_code=200,
+        summary="Rotate the refresh token",
+        description="A new token pair for the same session. Presenting a rotated token again ends the session "
+        "(reuse detection); send an `Idempotency-Key` so that a retry gets the same pair.",
+        **route_docs("POST", "invalid_refresh_token"),
+    )
     async def refresh(self, request: Request[Any, Any, Any], data: RefreshRequest, deps: ApiDeps) -> AuthResponse:
         ip, agent = client(request)
         await deps.limits(request, [("ip", ip or "unknown")])
@@ -70,7 +92,12 @@ class AuthController(Controller):
         note(request, user_id=grant.user.id, session_id=grant.session_id, actor_identifier=grant.user.email)
         return auth_response(deps.tokens, grant)
 
-    @post("/verify-email", status_code=200, summary="Verify the email address with a link token")
+    @post(
+        "/verify-email",
+        status_code=200,
+        summary="Verify the email address with a link token",
+        **route_docs("POST", "invalid_token", headers=[CONSISTENCY]),
+    )
     async def verify_email(
         self, request: Request[Any, Any, Any], data: TokenRequest, deps: ApiDeps
     ) -> Response[MessageResponse]:
@@ -80,7 +107,13 @@ class AuthController(Controller):
         await deps.consistency.remember(str(written.id), written.position)
         return with_headers(Response(MessageResponse("email verified successfully")), position=written.position)
 
-    @post("/verify-email/resend", status_code=202, summary="Send a new verification email")
+    @post(
+        "/verify-email/resend",
+        status_code=202,
+        summary="Send a new verification email",
+        description="No body (or `{}`). 202 when a new link was issued; 200 when the email is already verified.",
+        **route_docs("POST", auth=True, headers=[CONSISTENCY], also={200: message("email already verified")}),
+    )
     async def resend(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
         principal = await authenticate(request, deps)
         await deps.limits(request, [("verification", principal.actor)])
@@ -93,7 +126,13 @@ class AuthController(Controller):
             Response(MessageResponse("verification email sent"), status_code=202), position=written.position
         )
 
-    @post("/password/forgot", status_code=202, summary="Request a password reset link")
+    @post(
+        "/password/forgot",
+        status_code=202,
+        summary="Request a password reset link",
+        description="Always the same 202, whether or not an account exists for the email.",
+        **route_docs("POST"),
+    )
     async def forgot(
         self, request: Request[Any, Any, Any], data: ForgotPasswordRequest, deps: ApiDeps
     ) -> MessageResponse:
@@ -107,7 +146,13 @@ class AuthController(Controller):
         await asyncio.sleep(max(0.0, deps.forgot_min_seconds - (time.monotonic() - started)))
         return MessageResponse("if an account exists for this email, a password reset link has been sent")
 
-    @post("/password/reset", status_code=200, summary="Set a new password with a reset token")
+    @post(
+        "/password/reset",
+        status_code=200,
+        summary="Set a new password with a reset token",
+        description="Ends every session of the user; does not log in.",
+        **route_docs("POST", "invalid_token", "weak_password", headers=[CONSISTENCY]),
+    )
     async def reset(
         self, request: Request[Any, Any, Any], data: ResetPasswordRequest, deps: ApiDeps
     ) -> Response[MessageResponse]:

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
 from api.deps import ApiDeps, principal_context, ts, user_dto, with_headers
+from api.openapi_docs import CONSISTENCY, CONSISTENCY_TOKEN, ETAG, IF_MATCH, SESSION_ID, route_docs
 from api.routes.common import authenticate, parse_id, parse_if_match
 from api.schemas import (
     KycRequest,
@@ -35,7 +36,13 @@ class MeController(Controller):
     path = "/api/v1/users/me"
     tags = ["current user"]
 
-    @get("", summary="The current user (from the users read model, read-your-writes)")
+    @get(
+        "",
+        summary="The current user (from the users read model, read-your-writes)",
+        description="Waits (up to 2 s) until the read model reflects the caller's own recent writes and any "
+        "`X-Consistency-Token` given; 503 `service_busy` when it does not in time.",
+        **route_docs("GET", auth=True, headers=[ETAG, CONSISTENCY], parameters=[CONSISTENCY_TOKEN]),
+    )
     async def me(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[UserDTO]:
         principal = await authenticate(request, deps)
         header = request.headers.get("x-consistency-token")
@@ -46,11 +53,21 @@ class MeController(Controller):
         dto = UserDTO(**{name: row[name] for name in UserDTO.__struct_fields__})
         return with_headers(Response(dto), position=reached or None, etag=row["version"])
 
-    @put("", summary="Replace first and last name")
+    @put(
+        "",
+        summary="Replace first and last name",
+        description="Other fields (email, role, ...) are unknown fields: 400. Equal names change nothing.",
+        **route_docs("PUT", "version_conflict", auth=True, headers=[ETAG, CONSISTENCY], parameters=[IF_MATCH]),
+    )
     async def replace(self, request: Request[Any, Any, Any], data: ProfileReplace, deps: ApiDeps) -> Response[UserDTO]:
         return await _update(request, deps, data.first_name, data.last_name)
 
-    @patch("", summary="Change first and/or last name")
+    @patch(
+        "",
+        summary="Change first and/or last name",
+        description="At least one of the names. Other fields are unknown fields: 400.",
+        **route_docs("PATCH", "version_conflict", auth=True, headers=[ETAG, CONSISTENCY], parameters=[IF_MATCH]),
+    )
     async def update(self, request: Request[Any, Any, Any], data: ProfilePatch, deps: ApiDeps) -> Response[UserDTO]:
         first = data.first_name if isinstance(data.first_name, str) else None
         last = data.last_name if isinstance(data.last_name, str) else None
@@ -58,7 +75,13 @@ class MeController(Controller):
             raise InvalidRequest(details=[FieldError("body", "at least one of first_name, last_name is required")])
         return await _update(request, deps, first, last)
 
-    @delete("", status_code=200, summary="Delete the account (soft delete)")
+    @delete(
+        "",
+        status_code=200,
+        summary="Delete the account (soft delete)",
+        description="Ends every session; later requests with the old access tokens get 404 `user_not_found`.",
+        **route_docs("DELETE", auth=True, headers=[CONSISTENCY]),
+    )
     async def remove(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
         principal = await authenticate(request, deps)
         _, written = await account.delete_user(
@@ -67,7 +90,15 @@ class MeController(Controller):
         await deps.consistency.remember(principal.actor, written.position)
         return with_headers(Response(MessageResponse("account deleted successfully")), position=written.position)
 
-    @post("/password", status_code=200, summary="Change the password (ends every other session)")
+    @post(
+        "/password",
+        status_code=200,
+        summary="Change the password (ends every other session)",
+        description="The current password is checked like a login: failures count towards the lockout.",
+        **route_docs(
+            "POST", "weak_password", "invalid_credentials", "account_locked", auth=True, headers=[CONSISTENCY]
+        ),
+    )
     async def password(
         self, request: Request[Any, Any, Any], data: PasswordChangeRequest, deps: ApiDeps
     ) -> Response[MessageResponse]:
@@ -83,7 +114,19 @@ class MeController(Controller):
         await deps.consistency.remember(principal.actor, written.position)
         return with_headers(Response(MessageResponse("password changed successfully")), position=written.position)
 
-    @patch("/kyc", summary="Resubmit KYC after a rejection")
+    @patch(
+        "/kyc",
+        summary="Resubmit KYC after a rejection",
+        description="Only `pending`, and only while the status is `rejected`.",
+        **route_docs(
+            "PATCH",
+            "invalid_kyc_status",
+            "email_not_verified",
+            "invalid_kyc_transition",
+            auth=True,
+            headers=[ETAG, CONSISTENCY],
+        ),
+    )
     async def kyc(self, request: Request[Any, Any, Any], data: KycRequest, deps: ApiDeps) -> Response[UserDTO]:
         principal = await authenticate(request, deps)
         user, written = await account.resubmit_kyc(
@@ -92,13 +135,24 @@ class MeController(Controller):
         await deps.consistency.remember(principal.actor, written.position)
         return with_headers(Response(user_dto(user)), position=written.position, etag=user.version)
 
-    @get("/sessions", summary="The caller's live sessions, newest first")
+    @get(
+        "/sessions",
+        summary="The caller's live sessions, newest first",
+        description="Both audiences; unpaginated (at most SESSION_MAX_PER_USER).",
+        **route_docs("GET", auth=True),
+    )
     async def list_sessions(self, request: Request[Any, Any, Any], deps: ApiDeps) -> SessionList:
         principal = await authenticate(request, deps)
         rows = await deps.pool.fetch(LIVE_SESSIONS, principal.user_id, deps.write.config.session_idle_timeout)
         return SessionList([_session_dto(row, principal.session_id) for row in rows])
 
-    @delete("/sessions/{session_id:str}", status_code=200, summary="End one of the caller's sessions")
+    @delete(
+        "/sessions/{session_id:str}",
+        status_code=200,
+        summary="End one of the caller's sessions",
+        description="Another user's, an unknown or an ended session: 404 `session_not_found`.",
+        **route_docs("DELETE", "session_not_found", auth=True, headers=[CONSISTENCY], parameters=[SESSION_ID]),
+    )
     async def revoke(
         self, request: Request[Any, Any, Any], session_id: str, deps: ApiDeps
     ) -> Response[MessageResponse]:
@@ -110,7 +164,13 @@ class MeController(Controller):
         await deps.consistency.remember(principal.actor, written.position)
         return with_headers(Response(MessageResponse("session revoked successfully")), position=written.position)
 
-    @post("/logout", status_code=200, summary="End the session of the given refresh token")
+    @post(
+        "/logout",
+        status_code=200,
+        summary="End the session of the given refresh token",
+        description="The token must be the current refresh token of one of the caller's live sessions.",
+        **route_docs("POST", "invalid_refresh_token", auth=True, headers=[CONSISTENCY]),
+    )
     async def logout(
         self, request: Request[Any, Any, Any], data: RefreshRequest, deps: ApiDeps
     ) -> Response[MessageResponse]:
@@ -121,7 +181,13 @@ class MeController(Controller):
         await deps.consistency.remember(principal.actor, written.position)
         return with_headers(Response(MessageResponse("logged out successfully")), position=written.position)
 
-    @post("/logout-all", status_code=200, summary="End every session of the caller, this one included")
+    @post(
+        "/logout-all",
+        status_code=200,
+        summary="End every session of the caller, this one included",
+        description="Any body is ignored. The calling access token stops working at once.",
+        **route_docs("POST", auth=True, headers=[CONSISTENCY]),
+    )
     async def logout_all(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
         principal = await authenticate(request, deps)
         written = await sessions.log_out_all(deps.write, principal.user_id, principal_context(request, principal))

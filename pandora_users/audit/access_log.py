@@ -95,6 +95,14 @@ Observer = Callable[[Sequence[AccessLogEntry]], None]
 FailureObserver = Callable[[Sequence[AccessLogEntry], str], None]
 
 
+# Entries written after their user's erasure was projected lose their personal data on the way in (the
+# users projection scrubs the rows that were already there when it sees `user.erased`).
+SCRUB_ERASED = """
+UPDATE access_log a SET actor_identifier = '[erased]', ip_address = NULL, user_agent = NULL
+FROM users u WHERE a.id = ANY($1::uuid[]) AND u.id = a.user_id AND u.erased_at IS NOT NULL
+"""
+
+
 class AccessLogWriter:
     """Batches entries into `access_log`. `start()` once inside the event loop; `close()` at shutdown."""
 
@@ -196,8 +204,9 @@ class AccessLogWriter:
         delay, error = self._backoff, "unknown"
         for attempt in range(1, self._attempts + 1):
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
                     await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS)
+                    await conn.execute(SCRUB_ERASED, [entry.id for entry in batch])
             except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported; the task lives on
                 error = type(exc).__name__
                 logger.warning(

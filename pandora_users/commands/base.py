@@ -14,9 +14,10 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from pandora_users.domain.errors import ServiceBusy, ServiceUnavailable
+from pandora_users.observability import metrics as m
 from pandora_users.security.hashing import PasswordHasher
 from pandora_users.security.passwords import Blocklist
-from pandora_users.store.app import EventStore
+from pandora_users.store.app import CURRENT_COMMAND, EventStore
 from pandora_users.store.lockout import Lockout
 from pandora_users.store.recorder import CredentialConflict
 
@@ -114,10 +115,13 @@ def with_retries(attempt: Callable[[], T]) -> T:
     At most 3 attempts; after that the command answers `service_busy`. A command with an If-Match
     precondition fails its re-run at the precondition (412), since the aggregate's version has moved.
     """
+    command = attempt.__qualname__.split(".<locals>")[0]
+    CURRENT_COMMAND.set(command)
     for number in range(1, MAX_ATTEMPTS + 1):
         try:
             return attempt()
         except (IntegrityError, CredentialConflict):
+            m.append_conflicts.labels(command).inc()
             if number == MAX_ATTEMPTS:
                 raise ServiceBusy(extra={"retry_after_seconds": 1}) from None
         except OperationalError as exc:

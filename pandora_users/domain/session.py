@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 from pandora_users.domain import events as ev
-from pandora_users.domain.context import AggregateState, Context, fold, new_event
+from pandora_users.domain.context import AggregateState, Context, new_event
 
 AUDIENCES = ("pandora-api", "pandora-admin")
 REVOKE_REASONS = frozenset(
@@ -134,4 +134,9 @@ def apply(session: Session | None, event: ev.DomainEvent) -> Session:
 
 
 def project(session: Session | None, events: Iterable[ev.DomainEvent]) -> Session | None:
-    return fold(session, events, apply)
+    """Fold one session's events (None when the id is not a session's)."""
+    for event in events:
+        if session is None and not isinstance(event, ev.SessionLoggedIn):
+            return None
+        session = apply(session, event)
+    return session

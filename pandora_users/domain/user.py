@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 
 from pandora_users.domain import events as ev
-from pandora_users.domain.context import AggregateState, Context, E, fold, new_event
+from pandora_users.domain.context import AggregateState, Context, E, new_event
 from pandora_users.domain.errors import (
     InvalidKycStatus,
     InvalidKycTransition,
@@ -211,5 +211,9 @@ def apply(user: User | None, event: ev.DomainEvent) -> User:
 
 
 def project(user: User | None, events: Iterable[ev.DomainEvent]) -> User | None:
-    """The repository's projector: fold the stored events of one user."""
-    return fold(user, events, apply)
+    """The repository's projector: fold the stored events of one user (None when the id is not a user's)."""
+    for event in events:
+        if user is None and not isinstance(event, ev.UserRegistered):
+            return None
+        user = apply(user, event)
+    return user

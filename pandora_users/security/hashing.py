@@ -23,6 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from loguru import logger
 
 from pandora_users.domain.errors import ServiceBusy
+from pandora_users.observability import metrics as m
 from pandora_users.security.passwords import normalize_password
 
 T = TypeVar("T")
@@ -167,11 +168,13 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """The PHC string of the NFKC-normalised password, with the configured parameters and a new salt."""
-        return await self._run(self._argon2.hash, _secret_bytes(password))
+        with m.password_hash_duration.labels("hash").time():
+            return await self._run(self._argon2.hash, _secret_bytes(password))
 
     async def verify(self, stored_hash: str, password: str) -> VerifyResult:
         """Verify with the stored hash's own parameters; a malformed or foreign hash gives ok=False."""
-        return await self._run(self._argon2.verify, stored_hash, _secret_bytes(password))
+        with m.password_hash_duration.labels("verify").time():
+            return await self._run(self._argon2.verify, stored_hash, _secret_bytes(password))
 
     def check_needs_rehash(self, stored_hash: str) -> bool:
         """True when the stored hash's parameters (or format) differ from the configured ones."""
@@ -227,17 +230,21 @@ class PasswordHasher:
             raise _busy()
         if self._in_flight < self._slots and not self._waiters:
             self._in_flight += 1
+            self._gauge()
             return
         if len(self._waiters) >= self._queue_size:
+            m.argon2_rejections.labels("queue_full").inc()
             raise _busy()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._gauge()
         try:
             async with asyncio.timeout(self._queue_timeout):
                 await waiter
         except (TimeoutError, asyncio.CancelledError) as exc:
             self._abandon(waiter)
             if isinstance(exc, TimeoutError):
+                m.argon2_rejections.labels("timeout").inc()
                 raise _busy() from None
             raise
 
@@ -249,14 +256,20 @@ class PasswordHasher:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
+    def _gauge(self) -> None:
+        m.argon2_in_flight.set(self._in_flight)
+        m.argon2_queue_depth.set(len(self._waiters))
+
     def _release(self) -> None:
         # A freed slot goes straight to the oldest live waiter (FIFO); only when none waits is it returned.
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._gauge()
                 return
         self._in_flight -= 1
+        self._gauge()
 
     def _release_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing waits any more

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -11,12 +13,15 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
-from pandora_users.domain.events import DomainEvent
-from pandora_users.store.keys import KeyStore, psycopg_fetcher
+from pandora_users.domain.events import DomainEvent, UserKycUpdated
+from pandora_users.observability import metrics as m
+from pandora_users.store.keys import KeyInvalidation, KeyStore, psycopg_fetcher
 from pandora_users.store.mapper import PersonalDataMapper
 from pandora_users.store.recorder import CredentialOp, PandoraRecorder
 
 S = TypeVar("S")
+# The command being run on this thread (metrics label); set by the commands' retry loop.
+CURRENT_COMMAND: ContextVar[str] = ContextVar("pandora_command", default="other")
 APP_NAME = "Pandora"
 EVENTS_TABLE = "pandora_events"
 
@@ -54,6 +59,17 @@ class EventStore(Application[UUID]):
         self.keys = KeyStore(kek, self._fetch_wrapped_key)
         super().__init__(env)
 
+    def listen_for_key_destruction(self, conninfo: str) -> None:
+        """Keep this process's key cache in step with erasures done by other processes."""
+        self._invalidation = KeyInvalidation(self.keys, conninfo)
+        self._invalidation.start()
+
+    def close(self) -> None:
+        invalidation = getattr(self, "_invalidation", None)
+        if invalidation is not None:
+            invalidation.stop()
+        super().close()
+
     def construct_mapper(self) -> Mapper[UUID]:
         return PersonalDataMapper(self.keys)
 
@@ -74,7 +90,19 @@ class EventStore(Application[UUID]):
 
     def append(self, events: Sequence[DomainEvent], ops: Sequence[CredentialOp] = ()) -> int | None:
         """Commit events and credential operations together; the position of the last event (None if none)."""
-        recordings = self.save(*events, credential_ops=list(ops))
+        command = CURRENT_COMMAND.get()
+        started = time.perf_counter()
+        try:
+            recordings = self.save(*events, credential_ops=list(ops))
+        except Exception:
+            m.db_transactions.labels("error").inc()
+            raise
+        m.db_transactions.labels("ok").inc()
+        m.append_duration.labels(command).observe(time.perf_counter() - started)
+        for event in events:
+            m.events_appended.labels(type(event).EVENT_TYPE or "internal").inc()
+            if isinstance(event, UserKycUpdated):
+                m.kyc_submissions.labels(event.kyc_status).inc()
         return recordings[-1].notification.id if recordings else None
 
     def decode(self, stored: StoredEvent) -> DomainEvent:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pandora_users.store.keys import DELETE_KEY, INSERT_KEY
+from pandora_users.store.keys import DELETE_KEY, INSERT_KEY, NOTIFY_DESTROYED
 from pandora_users.store.recorder import CredentialOp
 
 
@@ -19,8 +19,12 @@ def put_data_key(user_id: UUID, wrapped: bytes) -> CredentialOp:
     return CredentialOp("put_data_key", INSERT_KEY, (user_id, wrapped))
 
 
-def destroy_data_key(user_id: UUID) -> CredentialOp:
-    return CredentialOp("destroy_data_key", DELETE_KEY, (user_id,))
+def destroy_data_key(user_id: UUID) -> list[CredentialOp]:
+    """Delete the key, and tell every process (on commit) to drop its cached copy."""
+    return [
+        CredentialOp("destroy_data_key", DELETE_KEY, (user_id,)),
+        CredentialOp("announce_key_destroyed", NOTIFY_DESTROYED, (str(user_id),)),
+    ]
 
 
 def set_password(user_id: UUID, password_hash: str, now: datetime) -> CredentialOp:
@@ -138,7 +142,7 @@ def erase_credentials(user_id: UUID) -> list[CredentialOp]:
         CredentialOp("erase_password", "DELETE FROM credentials WHERE user_id = %s", (user_id,)),
         CredentialOp("erase_link_tokens", "DELETE FROM link_tokens WHERE user_id = %s", (user_id,)),
         CredentialOp("erase_failures", "DELETE FROM login_failures WHERE user_id = %s", (user_id,)),
-        destroy_data_key(user_id),
+        *destroy_data_key(user_id),
     ]
 
 

@@ -85,3 +85,46 @@ def psycopg_fetcher(datastore: Any) -> Callable[[UUID], bytes | None]:
         return None if row is None else bytes(row["wrapped_key"])
 
     return fetch
+
+
+KEY_DESTROYED_CHANNEL = "pandora_key_destroyed"
+NOTIFY_DESTROYED = "SELECT pg_notify('pandora_key_destroyed', %s)"
+
+
+class KeyInvalidation:
+    """Drops a destroyed key from this process's cache as soon as any process erases a user.
+
+    The NOTIFY is sent in the erasing transaction, so it arrives only if the erasure committed. After a lost
+    connection the whole cache is cleared, since notifications may have been missed meanwhile.
+    """
+
+    def __init__(self, keys: KeyStore, conninfo: str, *, retry: float = 1.0) -> None:
+        self.keys = keys
+        self.conninfo = conninfo
+        self.retry = retry
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="key-invalidation", daemon=True)
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {KEY_DESTROYED_CHANNEL}")
+                    self.keys.clear()
+                    self.listening.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5, stop_after=1):
+                            self.keys.forget(UUID(note.payload))
+            except (psycopg.Error, ValueError):
+                self.listening.clear()
+                self._stop.wait(self.retry)

@@ -46,6 +46,8 @@ def migrations() -> list[Migration]:
     for path in sorted(schema_dir().glob("*.sql")):
         number, _, name = path.stem.partition("_")
         found.append(Migration(int(number), name, path.read_text()))
+    if not found:  # a broken install must not look like an up-to-date schema
+        raise SchemaOutdated(f"no migration files found in {schema_dir()}")
     return found
 
 

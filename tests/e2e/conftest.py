@@ -28,6 +28,7 @@ class Api:
     redis_url: str
     stream: str
     prefix: str
+    env: dict[str, str]  # the service's environment, for CLI commands against it
 
     @property
     def url(self) -> str:
@@ -77,7 +78,7 @@ def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pyt
     service = Service(env, workdir, free_port())
     try:
         service.wait_ready(timeout=60)
-        yield Api(service, database_url, redis_url, stream, prefix)
+        yield Api(service, database_url, redis_url, stream, prefix, env)
     finally:
         service.stop()
         with psycopg.connect(server_url, autocommit=True) as conn:

@@ -142,3 +142,9 @@ def test_events_carry_context_metadata_and_time() -> None:
     (event,) = u.change_role(user, "admin", ctx=ctx(5, actor_id="admin-1", actor_role="admin", reason="promotion"))
     assert event.metadata == {"actor_id": "admin-1", "actor_role": "admin", "reason": "promotion"}
     assert event.timestamp == T0 + timedelta(minutes=5) and event.user_id == user.id
+
+
+def test_events_of_another_aggregate_are_not_a_user() -> None:
+    from tests.unit.test_session_link_index import logged_in
+
+    assert u.project(None, [logged_in()]) is None

@@ -1,0 +1,1 @@
+"""Metrics, traces and log redaction (SPEC §12)."""

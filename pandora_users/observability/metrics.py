@@ -1,0 +1,93 @@
+"""The Prometheus metrics of SPEC §12.2. Labels take only bounded values (route templates, codes, names).
+
+With several worker processes, set PROMETHEUS_MULTIPROC_DIR: counters and histograms then live in files the
+exposition merges, so the workers' counts add up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+P = "pandora_user_service_"
+FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZES = (100, 1_000, 10_000, 65_536, 1_048_576)
+
+http_requests = Counter(f"{P}http_requests_total", "HTTP requests", ["listener", "method", "route", "status"])
+http_duration = Histogram(
+    f"{P}http_request_duration_seconds", "HTTP latency", ["listener", "method", "route"], buckets=FAST
+)
+http_request_size = Histogram(
+    f"{P}http_request_size_bytes", "Request body size", ["listener", "method", "route"], buckets=SIZES
+)
+http_response_size = Histogram(
+    f"{P}http_response_size_bytes", "Response body size", ["listener", "method", "route"], buckets=SIZES
+)
+http_active = Gauge(f"{P}http_active_connections", "Requests in flight", ["listener"], multiprocess_mode="livesum")
+idempotency_hits = Counter(f"{P}http_idempotency_cache_hits_total", "Idempotent replays", ["route", "method"])
+grpc_requests = Counter(f"{P}grpc_requests_total", "gRPC calls", ["method", "status"])
+grpc_duration = Histogram(f"{P}grpc_request_duration_seconds", "gRPC latency", ["method"], buckets=FAST)
+grpc_active = Gauge(f"{P}grpc_active_connections", "gRPC calls in flight", multiprocess_mode="livesum")
+registrations = Counter(f"{P}user_registrations_total", "Registrations", ["status"])
+logins = Counter(f"{P}user_logins_total", "Logins", ["audience", "status"])
+logouts = Counter(f"{P}user_logouts_total", "Logouts", ["type"])
+active_sessions = Gauge(f"{P}active_sessions", "Live sessions", multiprocess_mode="max")
+active_users = Gauge(f"{P}active_users", "Users neither deleted nor erased", multiprocess_mode="max")
+kyc_submissions = Counter(f"{P}kyc_submissions_total", "KYC status changes", ["status"])
+token_refresh = Counter(f"{P}token_refresh_total", "Refreshes", ["audience", "status"])
+token_validation = Counter(f"{P}token_validation_total", "Token checks", ["type", "status"])
+token_validation_errors = Counter(f"{P}token_validation_errors_total", "Invalid tokens by reason", ["error_type"])
+password_hash_duration = Histogram(f"{P}password_hash_duration_seconds", "Argon2 time", ["operation"], buckets=FAST)
+db_transactions = Counter(f"{P}db_transactions_total", "Event-store transactions", ["status"])
+cache_hits = Counter(f"{P}cache_hits_total", "Cache hits", ["cache_type", "operation"])
+cache_misses = Counter(f"{P}cache_misses_total", "Cache misses", ["cache_type", "operation"])
+errors = Counter(f"{P}errors_total", "Errors by code", ["error_type", "component"])
+panics = Counter(f"{P}panics_total", "Unhandled exceptions", ["component"])
+audit_created = Counter(f"{P}audit_logs_created_total", "Access-log entries", ["event_type", "severity"])
+audit_failures = Counter(f"{P}audit_log_failures_total", "Access-log entries that could not be written", ["error_type"])
+audit_deleted = Counter(f"{P}audit_logs_deleted_total", "Access-log rows deleted by retention")
+append_duration = Histogram(f"{P}event_append_duration_seconds", "Event append", ["command"], buckets=FAST)
+events_appended = Counter(f"{P}events_appended_total", "Events appended", ["event_type"])
+append_conflicts = Counter(f"{P}event_append_conflicts_total", "Concurrency retries", ["command"])
+head_position = Gauge(f"{P}event_store_head_position", "Highest position", multiprocess_mode="max")
+projection_position = Gauge(f"{P}projection_position", "Projection position", ["projection"], multiprocess_mode="max")
+projection_lag = Gauge(f"{P}projection_lag_seconds", "Projection lag", ["projection"], multiprocess_mode="max")
+projection_processed = Counter(f"{P}projection_events_processed_total", "Events processed", ["projection"])
+projection_failures = Counter(f"{P}projection_failures_total", "Projection failures", ["projection"])
+forwarder_lag_seconds = Gauge(
+    f"{P}forwarder_lag_seconds", "Age of the oldest unpublished event", multiprocess_mode="max"
+)
+forwarder_lag_events = Gauge(f"{P}forwarder_lag_events", "Head minus forwarder position", multiprocess_mode="max")
+stream_publish = Counter(f"{P}redis_stream_publish_total", "Stream publishes", ["status"])
+argon2_queue_depth = Gauge(f"{P}argon2_queue_depth", "Waiting for a hashing slot", multiprocess_mode="livesum")
+argon2_in_flight = Gauge(f"{P}argon2_in_flight", "Hashing now", multiprocess_mode="livesum")
+argon2_rejections = Counter(f"{P}argon2_rejections_total", "Hashing requests shed", ["reason"])
+rate_limit_rejections = Counter(f"{P}rate_limit_rejections_total", "429s by limit", ["limit"])
+account_lockouts = Counter(f"{P}account_lockouts_total", "Lockouts started")
+token_reuse = Counter(f"{P}token_reuse_detected_total", "Refresh-token reuse detections")
+revocation_checks = Counter(f"{P}revocation_checks_total", "Session-liveness checks", ["source", "result"])
+consistency_wait = Histogram(f"{P}consistency_wait_seconds", "Read-your-writes waits", ["outcome"], buckets=FAST)
+vault_errors = Counter(f"{P}vault_errors_total", "Vault failures", ["operation"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition: this process's registry, or every worker's when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"

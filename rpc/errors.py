@@ -1,0 +1,77 @@
+"""The gRPC side of the one error table: a domain error code gives the gRPC status named in `ERROR_TABLE`.
+
+Every failed call carries trailing metadata `x-error-code` with the upper-case code of SPEC §2.6. Statuses
+that no domain error produced (a deadline, grpclib's own refusals, a shutdown) get the code of `FALLBACK`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import psycopg
+from eventsourcing import persistence as es_persistence
+from grpclib.const import Status
+from grpclib.server import Stream
+
+from pandora_users.domain.errors import ERROR_TABLE, DomainError
+
+ERROR_CODE_KEY = "x-error-code"
+STATUS_OF: dict[str, Status] = {code: Status[grpc_name] for code, (_, grpc_name, _) in ERROR_TABLE.items()}
+FALLBACK: dict[Status, str] = {
+    Status.CANCELLED: "service_unavailable",
+    Status.INVALID_ARGUMENT: "invalid_request",
+    Status.DEADLINE_EXCEEDED: "service_busy",
+    Status.NOT_FOUND: "not_found",
+    Status.PERMISSION_DENIED: "forbidden",
+    Status.RESOURCE_EXHAUSTED: "payload_too_large",
+    Status.UNIMPLEMENTED: "not_found",
+    Status.UNAVAILABLE: "service_unavailable",
+    Status.UNAUTHENTICATED: "unauthorized",
+}
+# A database that cannot be reached (or a statement cut short) is UNAVAILABLE, never INTERNAL.
+OUTAGES: tuple[type[BaseException], ...] = (
+    OSError,  # includes ConnectionError and TimeoutError (a pool acquire that timed out)
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # statement timeout, admin shutdown, cannot connect now
+    psycopg.OperationalError,
+    es_persistence.OperationalError,
+    es_persistence.InterfaceError,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed call answers: the §2.6 code, its gRPC status and a message."""
+
+    code: str
+    status: Status
+    message: str
+
+    @classmethod
+    def of(cls, exc: DomainError) -> Failure:
+        message = exc.message
+        if exc.details:
+            message += ": " + "; ".join(f"{d.field}: {d.message}" for d in exc.details)
+        return cls(exc.code, STATUS_OF[exc.code], message)
+
+    @property
+    def trailers(self) -> dict[str, str]:
+        return {ERROR_CODE_KEY: self.code.upper()}
+
+
+INTERNAL = Failure("internal_error", Status.INTERNAL, "internal server error")
+UNAVAILABLE = Failure("service_unavailable", Status.UNAVAILABLE, "service unavailable")
+
+
+def fallback_code(status: Status) -> str:
+    return FALLBACK.get(status, "internal_error")
+
+
+async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:
+    """End the call with the failure's status, message and `x-error-code`."""
+    await stream.send_trailing_metadata(
+        status=failure.status, status_message=failure.message, metadata=failure.trailers
+    )
