@@ -126,11 +126,16 @@ class DocumentedOperation(Operation):
                     media.schema = Schema(all_of=[media.schema, narrowed])
 
 
+def by_status(codes: Sequence[str]) -> dict[int, tuple[str, ...]]:
+    """The error codes grouped by their HTTP status (SPEC §2.6), in the order given."""
+    grouped: dict[int, tuple[str, ...]] = {}
+    for code in dict.fromkeys(codes):
+        grouped[ERROR_TABLE[code][0]] = (*grouped.get(ERROR_TABLE[code][0], ()), code)
+    return grouped
+
+
 def errors(*codes: str) -> dict[int, ResponseSpec]:
     """One response per status, in the ErrorResponse shape, with an example of each code."""
-    by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(ERROR_TABLE[code][0], []).append(code)
     return {
         status: ResponseSpec(
             data_container=ErrorResponse,
@@ -140,7 +145,7 @@ def errors(*codes: str) -> dict[int, ResponseSpec]:
                 Example(id=code, summary=code, value=error_body(code, **EXAMPLE_EXTRA.get(code, {}))) for code in found
             ],
         )
-        for status, found in sorted(by_status.items())
+        for status, found in sorted(by_status(codes).items())
     }
 
 
@@ -159,17 +164,13 @@ def route_docs(
     """
     codes = [*EVERY, *(WITH_BODY if method != "GET" else ()), *(IDEMPOTENT if method == "POST" else ())]
     codes += [*(AUTHENTICATED if auth else ()), *specific]
-    unique = tuple(dict.fromkeys(codes))
-    by_status: dict[int, tuple[str, ...]] = {}
-    for code in unique:
-        by_status[ERROR_TABLE[code][0]] = (*by_status.get(ERROR_TABLE[code][0], ()), code)
     extra = (*parameters, *((IDEMPOTENCY_KEY,) if method == "POST" else ()), REQUEST_ID)
-    operation = type("DocumentedOperation", (DocumentedOperation,), {"codes": by_status, "extra_parameters": extra})
+    attributes = {"codes": by_status(codes), "extra_parameters": extra}
     return {
-        "responses": {**errors(*unique), **(also or {})},
+        "responses": {**errors(*codes), **(also or {})},
         "security": BEARER if auth else None,
         "response_headers": [*headers, *((REPLAY,) if method == "POST" else ())],
-        "operation_class": operation,
+        "operation_class": type("DocumentedOperation", (DocumentedOperation,), attributes),
     }
 
 

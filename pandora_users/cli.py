@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pandora-users {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run every listener and worker in one process (embedded servers in dev)")
+    sub.add_parser("api", help="run the public HTTP listener only")
+    sub.add_parser("admin", help="run the admin HTTP listener only")
+    sub.add_parser("rpc", help="run the gRPC listener only")
     migrate = sub.add_parser("migrate", help="create or upgrade every schema object")
     migrate.add_argument("--check", action="store_true", help="change nothing; exit 5 unless the schema is current")
     project = sub.add_parser("project", help="run projectors (one active instance each; others stand by)")
@@ -80,10 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pandora_users import commands_cli
 
     try:
-        if args.command == "serve":
-            from pandora_users.serve import serve
+        if args.command in ("serve", "api", "admin", "rpc"):
+            from pandora_users.serve import ROLES, serve
 
-            return serve()
+            return serve(ROLES[args.command])
         if args.command == "migrate":
             return commands_cli.migrate(check=args.check)
         if args.command == "project":

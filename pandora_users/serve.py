@@ -60,7 +60,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def serve() -> int:
+ALL_ROLES = frozenset({"public", "admin", "rpc", "projectors", "cleanup"})
+ROLES = {
+    "serve": ALL_ROLES,
+    "api": frozenset({"public"}),
+    "admin": frozenset({"admin"}),
+    "rpc": frozenset({"rpc"}),
+}
+
+
+def serve(roles: frozenset[str] = ALL_ROLES) -> int:
+    """Run the given roles in this process: `serve` runs them all, `api`/`admin`/`rpc` one listener each."""
     settings = settings_from_env()
     configure(level=settings.log_level, fmt=settings.log_format, env=settings.app_env)
     for variable, message in settings.warnings:
@@ -72,7 +82,7 @@ def serve() -> int:
         store = open_store(settings)
         try:
             ensure_schema(settings, store, migrate=settings.auto_migrate)
-            return asyncio.run(_serve(settings, store))
+            return asyncio.run(_serve(settings, store, roles))
         finally:
             store.close()
     finally:
@@ -130,10 +140,10 @@ class HttpParts:
     limits: RequestLimits
     idempotency: IdempotencyStore
     access_log: AccessLogWriter
-    cleanup: asyncio.Task[None]
+    cleanup: asyncio.Task[None] | None
 
     @classmethod
-    def start(cls, runtime: Runtime) -> HttpParts:
+    def start(cls, runtime: Runtime, *, cleanup_job: bool) -> HttpParts:
         s = runtime.settings
         limiter = RateLimiter(runtime.redis, s.redis_key_prefix, enabled=s.rate_limit_enabled)
         idempotency = IdempotencyStore(
@@ -146,20 +156,23 @@ class HttpParts:
             on_failure=_count_failed,
         )
         writer.start()
-        cleanup = asyncio.create_task(
-            cleanup_forever(
-                runtime.db,
-                s.audit_cleanup_interval,
-                batch_size=s.audit_cleanup_batch_size,
-                session_record_retention=s.session_record_retention,
+        cleanup = None
+        if cleanup_job:
+            cleanup = asyncio.create_task(
+                cleanup_forever(
+                    runtime.db,
+                    s.audit_cleanup_interval,
+                    batch_size=s.audit_cleanup_batch_size,
+                    session_record_retention=s.session_record_retention,
+                )
             )
-        )
         return cls(RequestLimits(limiter, limit_table(s)), idempotency, writer, cleanup)
 
     async def close(self) -> None:
-        self.cleanup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.cleanup
+        if self.cleanup is not None:
+            self.cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.cleanup
         await self.access_log.close()
 
 
@@ -222,20 +235,24 @@ def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
     return wrap(app, edge, layers)
 
 
-async def _serve(settings: Settings, store: EventStore) -> int:
+async def _serve(settings: Settings, store: EventStore, roles: frozenset[str]) -> int:
     runtime: Runtime = await build_runtime(settings, store)
-    parts = HttpParts.start(runtime)
-    supervisor = Supervisor(projection_deps(settings, store), NAMES)
+    parts = HttpParts.start(runtime, cleanup_job="cleanup" in roles)
+    supervisor = Supervisor(projection_deps(settings, store), NAMES if "projectors" in roles else ())
     supervisor.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    listeners = [
-        _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings),
-        _listener(admin_listener_app(runtime, parts), settings.admin_host, settings.admin_port, settings),
-    ]
-    rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port, parts.access_log, parts.idempotency)
+    listeners = []
+    if "public" in roles:
+        listeners.append(_listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings))
+    if "admin" in roles:
+        app = admin_listener_app(runtime, parts)
+        listeners.append(_listener(app, settings.admin_host, settings.admin_port, settings))
+    rpc = None
+    if "rpc" in roles:
+        rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port, parts.access_log, parts.idempotency)
     tasks = [asyncio.create_task(server.serve()) for server in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -250,7 +267,8 @@ async def _serve(settings: Settings, store: EventStore) -> int:
             raise Fatal(1, "error: a listener could not start or stopped unexpectedly (see the log)")
     finally:
         stopper.cancel()
-        await rpc.close()
+        if rpc is not None:
+            await rpc.close()
         await asyncio.to_thread(supervisor.stop, settings.shutdown_timeout)
         await parts.close()
         await runtime.close()

@@ -133,7 +133,7 @@ def test_request_id_is_echoed_when_valid_and_replaced_otherwise(api: Api) -> Non
             ):
                 assert r.headers["x-request-id"] == rid
         for rid in replaced:
-            r = c.get("/api/v1/users/me", headers={"X-Request-ID": rid.encode()})
+            r = c.get("/api/v1/users/me", headers=[(b"X-Request-ID", rid.encode())])
             assert r.status_code == 401 and UUID4.match(r.headers["x-request-id"]), rid
         generated = {c.get("/health").headers["x-request-id"] for _ in range(5)}
     assert len(generated) == 5 and all(UUID4.match(g) for g in generated)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.e2e.procs import Service, clean_env, free_port, run_cli
+from tests.e2e.procs import EXE, Service, clean_env, free_port, run_cli
 
 PASSWORD = "an admin passphrase 42"
 
@@ -99,3 +101,44 @@ def test_unreachable_postgres_exits_4(tmp_path: Path) -> None:
     result = run_cli("migrate", env=env, cwd=tmp_path, timeout=90)
     assert result.returncode == 4 and "PostgreSQL unreachable" in result.stderr
     assert time.monotonic() - started >= 29
+
+
+@pytest.mark.parametrize(
+    ("role", "open_port", "closed_port"), [("api", "public", "admin"), ("admin", "admin", "public")]
+)
+def test_single_role_processes_serve_only_their_listener(
+    tmp_path: Path, server_url: str, template_db: str, redis_url: str, role: str, open_port: str, closed_port: str
+) -> None:
+    import psycopg
+
+    name = f"pandora_role_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        env = clean_env(
+            APP_ENV="test",
+            DATABASE_URL=server_url.rsplit("/", 1)[0] + "/" + name,
+            REDIS_URL=redis_url,
+            DATA_DIR=str(tmp_path),
+            DATA_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            EMAIL_INDEX_KEY="pandora-users test email index pepper",
+        )
+        ports = {"public": free_port(), "admin": free_port()}
+        env.update(SERVER_PORT=str(ports["public"]), ADMIN_PORT=str(ports["admin"]), GRPC_PORT=str(free_port()))
+        proc = subprocess.Popen([EXE, role], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            deadline, up = time.monotonic() + 60, False
+            while time.monotonic() < deadline and not up:
+                try:
+                    up = httpx.get(f"http://127.0.0.1:{ports[open_port]}/health", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            assert up
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{ports[closed_port]}/health", timeout=1)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

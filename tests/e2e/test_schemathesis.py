@@ -109,7 +109,7 @@ schema = schemathesis.pytest.from_fixture("public_schema")
 @schema.parametrize()
 def test_public_api_conforms_to_its_openapi_document(case: schemathesis.Case, tokens: Tokens) -> None:
     # On the case, so that the checks' own probes (ignored_auth) come from this fresh IP too.
-    case.headers = {**(case.headers or {}), "X-Forwarded-For": _ip()}
+    case.headers["X-Forwarded-For"] = _ip()
     headers = {}
     if case.operation.definition.raw.get("security"):
         headers["Authorization"] = f"Bearer {tokens.get()}"
