@@ -58,3 +58,7 @@ ops-check: sync
 # Print the Kubernetes manifests of an overlay (dev, sandbox, audit, prod) without kubectl.
 ops-render ENV: sync
     {{py}} -m tests.unit.k8s_render ops/k8s/overlays/{{ENV}}
+
+# Read-side benchmark: projection lag under a steady write load, rebuild rate, forwarder throughput.
+bench-read-side *ARGS: sync
+    {{py}} bench/projections_bench.py {{ARGS}}
