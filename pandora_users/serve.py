@@ -94,6 +94,9 @@ def _listener(app: Any, host: str, port: int, settings: Settings) -> _Server:
         app,
         host=host,
         port=port,
+        # Forwarded headers are honoured only from TRUSTED_PROXIES, by our edge middleware (SPEC §7.8);
+        # uvicorn's own handling would trust 127.0.0.1 by default and rewrite the peer address first.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -100,10 +100,24 @@ class EmbeddedPostgres:
         logger.info("embedded PostgreSQL started on port {}", self.port)
         return self.url
 
-    def stop(self) -> None:
-        if self.owned:
-            self._run(self._system_user(), "pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
-            self.owned = False
+    def stop(self, timeout: float = 60.0) -> None:
+        """Fast shutdown by signal to the postmaster (root can always read its pid file; the server user
+        may have lost access to a parent directory meanwhile, which would make `pg_ctl stop` fail)."""
+        if not self.owned:
+            return
+        self.owned = False
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.is_file():
+            return
+        pid = int(pid_file.read_text().splitlines()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)  # "fast" shutdown: roll back open transactions, checkpoint, exit
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
 
     def _running_port(self) -> int | None:
         pid_file = self.pgdata / "postmaster.pid"

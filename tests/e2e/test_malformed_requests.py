@@ -1,7 +1,7 @@
 """Malformed and hostile requests to the public API (SPEC §2.1, §2.3, §2.6, §2.7, §2.9, §2.10, §2.11).
 
-Every one is answered with a 4xx in the one error shape, never a 500, and writes nothing: the event store
-and the credential store are compared before and after.
+Every one is answered with a 4xx in the one error shape, never a 500, writes nothing (the event store and
+the credential store are compared before and after) and hashes no password (the Argon2 counter of /metrics).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -54,6 +55,7 @@ class Client:
 
     def __init__(self, api: Api) -> None:
         self.http = httpx.Client(base_url=api.url, headers={"User-Agent": "e2e-malformed"}, timeout=30)
+        self.metrics_url = f"{api.admin_url}/metrics"
         self.db = psycopg.connect(api.database_url, autocommit=True)
         self.ips = itertools.count(1)
 
@@ -81,13 +83,21 @@ class Client:
         assert row is not None
         return tuple(row)
 
+    def hashes(self) -> float:
+        """Argon2 hashes and verifications so far (SPEC §12.2, admin listener)."""
+        text = httpx.get(self.metrics_url, timeout=30).text
+        counts = re.findall(r"^pandora_user_service_password_hash_duration_seconds_count\{[^}]*\} (\S+)$", text, re.M)
+        return sum(float(count) for count in counts)
+
     @contextlib.contextmanager
-    def nothing_written(self, *, login_failures: bool = True) -> Iterator[None]:
-        """The requests inside must leave the write side as it was (a failed login may count, if so told)."""
-        before = self.state()
+    def nothing_written(self, *, login: bool = False) -> Iterator[None]:
+        """The requests inside write nothing and hash no password (unless `login`: a failed login verifies a
+        password, against the dummy hash for an unknown email, and counts towards the lockout)."""
+        before, hashes = self.state(), self.hashes()
         yield
         after = self.state()
-        assert (after if login_failures else after[:-1]) == (before if login_failures else before[:-1])
+        assert (after[:-1] if login else after) == (before[:-1] if login else before)
+        assert login or self.hashes() == hashes, "a password was hashed or verified"
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +301,7 @@ def test_hostile_strings_are_refused_and_change_nothing(
     auth = client.register() if authenticated else None  # its own user: names are checked after the per-user limit
     if path.endswith("/register"):
         body = {**body, "email": f"h-{uuid.uuid4().hex[:10]}@example.com", "first_name": "Ann", "last_name": "Lee"}
-    with client.nothing_written(login_failures=not path.endswith("/login")):  # a failed login counts (SPEC §7.5)
+    with client.nothing_written(login=path.endswith("/login")):
         for name, value in HOSTILE.items():
             for field in fields:
                 if name in EMAIL_ONLY and field.endswith("_name"):
