@@ -109,7 +109,15 @@ class IdempotencyMiddleware:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        status, headers, chunks = 500, {}, []
+        status, settled = 500, begin.outcome is not Outcome.NEW
+        headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+
+        async def settle() -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                await self.store.complete(name, key, StoredResponse(status, b"".join(chunks), headers))
 
         async def capture(message: dict[str, Any]) -> None:
             nonlocal status, headers
@@ -118,13 +126,16 @@ class IdempotencyMiddleware:
                 headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Store (2xx) or free (4xx/5xx) the key before the client can see the response, so a retry
+                    # sent the moment it arrives never meets our own in-progress marker.
+                    await settle()
             await send(message)
 
         try:
             await self.app(scope, replay_body, capture)
         finally:
-            if begin.outcome is Outcome.NEW:
-                await self.store.complete(name, key, StoredResponse(status, b"".join(chunks), headers))
+            await settle()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -441,6 +442,44 @@ def test_bad_idempotency_keys_are_400(client: Client, unchanged: None) -> None:
     for key in ["", "k" * 256, "tab\there", "del\x7f", "bell\x07"]:
         r = client.send("POST", f"{V1}/auth/login", None, b"{}", {**JSON, "Idempotency-Key": key})
         assert_error(r, 400, "invalid_idempotency_key")
+
+
+def _status(sock: socket.socket) -> int:
+    """Read one whole HTTP/1.1 response (with Content-Length) from `sock`; its status code."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _recv(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)):
+        body += _recv(sock)
+    return int(head.split(b" ", 2)[1])
+
+
+def _recv(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    assert chunk, "the service closed the connection"
+    return chunk
+
+
+def test_a_key_is_free_again_as_soon_as_its_error_response_arrives(api: Api, unchanged: None) -> None:
+    # SPEC §2.12: after a 4xx the key is free again, so a retry sent the moment the response has arrived is
+    # never 409 `request_in_progress`. Raw sockets keep that moment short: the race lost ~1 pair in 150.
+    host, port = api.url.removeprefix("http://").split(":")
+    first, retry = (socket.create_connection((host, int(port)), timeout=30) for _ in range(2))
+    codes = set()
+    with first, retry:
+        for n in range(600):
+            headers = (
+                f"Host: {host}\r\nIdempotency-Key: {uuid.uuid4().hex}\r\nX-Forwarded-For: 198.20.{n >> 8}.{n & 255}"
+            )
+            request = f"POST {V1}/users/me/logout-all HTTP/1.1\r\n{headers}\r\nContent-Length: 0\r\n"
+            first.sendall(f"{request}\r\n".encode())
+            answered = _status(first)
+            retry.sendall(f"{request}Authorization: Bearer x\r\n\r\n".encode())
+            codes.add((answered, _status(retry)))
+    assert codes == {(401, 401)}
 
 
 def test_trace_and_wrong_methods_are_405_in_the_error_shape(client: Client) -> None:
