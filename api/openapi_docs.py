@@ -75,7 +75,7 @@ IDEMPOTENCY_KEY = _header(
     "Idempotency-Key", "replays the first 2xx response of the same key and body (SPEC §2.12)", pattern="^[ -~]{1,255}$"
 )
 IF_MATCH = _header(
-    "If-Match", 'one strong ETag such as `"7"`, or `*` (SPEC §2.11)', pattern='^("(0|[1-9][0-9]{0,17})"|\\*)$'
+    "If-Match", 'one strong ETag such as `"7"`, or `*` (SPEC §2.11)', pattern='^("(0|[1-9][0-9]*)"|\\*)$'
 )
 CONSISTENCY_TOKEN = _header("X-Consistency-Token", "wait until the read model has reached this token (SPEC §2.10)")
 SESSION_ID = Parameter(

@@ -15,7 +15,7 @@ import asyncpg
 
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.store.app import EventStore
-from projections.queries.events import COLUMNS, _dtos, parse_types
+from projections.queries.events import COLUMNS, event_dtos, parse_types
 from projections.queries.pagination import Where, invalid, select
 from rpc.gen import user_pb2 as pb
 
@@ -51,7 +51,7 @@ async def history(
         text = select(COLUMNS, "event_log", where, f" ORDER BY position {order} LIMIT {where.arg(size)}")
         async with pool.acquire() as conn:
             rows = await conn.fetch(text, *where.args)
-            dtos = await _dtos(conn, store, rows)
+            dtos = await event_dtos(conn, store, rows)
         for dto in dtos:
             yield dto
         if len(rows) < size:

@@ -13,7 +13,7 @@ from api.deps import ApiDeps
 from pandora_users.domain.errors import DomainError, FieldError, InvalidRequest
 
 CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-STRONG_ETAG = re.compile(r'^"(0|[1-9][0-9]{0,17})"$')
+STRONG_ETAG = re.compile(r'^"(0|[1-9][0-9]*)"$')
 
 
 def parse_id(value: str, name: str) -> uuid.UUID:

@@ -82,7 +82,8 @@ def _decode_all(store: EventStore, stored: Sequence[Any]) -> dict[int, DomainEve
     }
 
 
-async def _dtos(conn: asyncpg.Connection, store: EventStore, rows: Sequence[Any]) -> list[dict[str, Any]]:
+async def event_dtos(conn: asyncpg.Connection, store: EventStore, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """EventDTOs for index rows, payloads decoded from the event store by position (off the loop)."""
     if not rows:
         return []
     stored = await conn.fetch(STORED, [row["position"] for row in rows])
@@ -122,7 +123,7 @@ async def user_history(
         rows = await conn.fetch(text, *rows_where.args)
         total = await conn.fetchval(select("count(*)", "event_log", where), *where.args)
         more, rows = len(rows) > page.limit, rows[: page.limit]
-        items = await _dtos(conn, store, rows)
+        items = await event_dtos(conn, store, rows)
     next_cursor = encode_cursor([rows[-1]["position"]], print_) if more else None
     return envelope("events", items, int(total), page, next_cursor)
 
@@ -164,7 +165,7 @@ async def global_events(
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         rows = await conn.fetch(text, *where.args)
         head = await conn.fetchval(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")  # noqa: S608
-        items = await _dtos(conn, store, rows)
+        items = await event_dtos(conn, store, rows)
     return {
         "events": items,
         "next_after_position": rows[-1]["position"] if rows else None,
