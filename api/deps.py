@@ -14,14 +14,13 @@ from redis.asyncio import Redis
 from api.auth import Authenticator, Principal
 from api.consistency import Consistency, encode_token
 from api.schemas import AuthResponse, UserDTO
-from pandora_users.commands.base import EndedSession, WriteSide
+from pandora_users.commands.base import WriteSide
 from pandora_users.commands.registration import SessionGrant
 from pandora_users.domain.context import Context
 from pandora_users.domain.user import User
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
 
-RecordRevocations = Callable[[Sequence[EndedSession]], Awaitable[None]]
 Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
 
 
@@ -63,7 +62,6 @@ class ApiDeps:
     consistency: Consistency
     pool: asyncpg.Pool
     redis: Redis
-    record_revocations: RecordRevocations
     limits: Limits = field(default_factory=Limits)
     forgot_min_seconds: float = 0.25
 
@@ -138,3 +136,17 @@ def with_headers(response: Response[Any], *, position: int | None = None, etag: 
     if etag is not None:
         response.headers["ETag"] = f'"{etag}"'
     return response
+
+
+async def committed(
+    deps: ApiDeps,
+    actor: str,
+    body: Any,
+    *,
+    position: int | None,
+    etag: int | None = None,
+    status: int = 200,
+) -> Response[Any]:
+    """A command's response: the actor's reads will wait for this write (SPEC §2.10), and the headers say so."""
+    await deps.consistency.remember(actor, position)
+    return with_headers(Response(body, status_code=status), position=position, etag=etag)

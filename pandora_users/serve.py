@@ -132,7 +132,6 @@ def api_deps(runtime: Runtime, audience: str = PUBLIC) -> ApiDeps:
         consistency=consistency,
         pool=runtime.db,
         redis=runtime.redis,
-        record_revocations=liveness.record,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, post
 
-from api.deps import ApiDeps, auth_response, context, note, with_headers
+from api.deps import ApiDeps, auth_response, committed, context, note
 from api.openapi_docs import CONSISTENCY, message, route_docs
 from api.routes.common import authenticate, client
 from api.schemas import (
@@ -45,7 +45,6 @@ class AuthController(Controller):
         note(request, actor_identifier=data.email.strip()[:254])
         reg = registration.Registration(data.email, data.password, data.first_name, data.last_name, ip, agent)
         grant = await registration.register(deps.write, reg, context(request, actor_id=None, actor_role="user"))
-        await deps.consistency.remember(str(grant.user.id), grant.position)
         note(
             request,
             user_id=grant.user.id,
@@ -54,7 +53,7 @@ class AuthController(Controller):
             resource_id=str(grant.user.id),
         )
         body = auth_response(deps.tokens, grant)
-        return with_headers(Response(body, status_code=201), position=grant.position)
+        return await committed(deps, str(grant.user.id), body, position=grant.position, status=201)
 
     @post(
         "/login",
@@ -73,8 +72,9 @@ class AuthController(Controller):
         outcome = await authentication.log_in(deps.write, attempt, context(request, actor_id=None, actor_role="user"))
         request.state.after_failures = outcome.after_failures
         note(request, user_id=outcome.grant.user.id, session_id=outcome.grant.session_id)
-        await deps.consistency.remember(str(outcome.grant.user.id), outcome.grant.position)
-        return with_headers(Response(auth_response(deps.tokens, outcome.grant)), position=outcome.grant.position)
+        return await committed(
+            deps, str(outcome.grant.user.id), auth_response(deps.tokens, outcome.grant), position=outcome.grant.position
+        )
 
     @post(
         "/refresh",
@@ -104,8 +104,9 @@ class AuthController(Controller):
         ip, _ = client(request)
         await deps.limits(request, [("ip", ip or "unknown")])
         written = await links.verify_email(deps.write, data.token, context(request, actor_id=None, actor_role="user"))
-        await deps.consistency.remember(str(written.id), written.position)
-        return with_headers(Response(MessageResponse("email verified successfully")), position=written.position)
+        return await committed(
+            deps, str(written.id), MessageResponse("email verified successfully"), position=written.position
+        )
 
     @post(
         "/verify-email/resend",
@@ -121,10 +122,8 @@ class AuthController(Controller):
         written = await links.resend_verification(deps.write, principal.user_id, ctx)
         if written is None:
             return Response(MessageResponse("email already verified"), status_code=200)
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(
-            Response(MessageResponse("verification email sent"), status_code=202), position=written.position
-        )
+        body = MessageResponse("verification email sent")
+        return await committed(deps, principal.actor, body, position=written.position, status=202)
 
     @post(
         "/password/forgot",
@@ -160,5 +159,6 @@ class AuthController(Controller):
         await deps.limits(request, [("ip", ip or "unknown")])
         ctx = context(request, actor_id=None, actor_role="user")
         written = await links.reset_password(deps.write, data.token, data.new_password, ctx)
-        await deps.consistency.remember(str(written.id), written.position)
-        return with_headers(Response(MessageResponse("password has been reset")), position=written.position)
+        return await committed(
+            deps, str(written.id), MessageResponse("password has been reset"), position=written.position
+        )

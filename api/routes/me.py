@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
-from api.deps import ApiDeps, principal_context, ts, user_dto, with_headers
+from api.deps import ApiDeps, committed, principal_context, ts, user_dto, with_headers
 from api.openapi_docs import CONSISTENCY, CONSISTENCY_TOKEN, ETAG, IF_MATCH, SESSION_ID, route_docs
 from api.routes.common import authenticate, parse_id, parse_if_match
 from api.schemas import (
@@ -87,8 +87,9 @@ class MeController(Controller):
         _, written = await account.delete_user(
             deps.write, principal.user_id, if_match=None, ctx=principal_context(request, principal), must_be_live=True
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(MessageResponse("account deleted successfully")), position=written.position)
+        return await committed(
+            deps, principal.actor, MessageResponse("account deleted successfully"), position=written.position
+        )
 
     @post(
         "/password",
@@ -111,8 +112,9 @@ class MeController(Controller):
             new=data.new_password,
             ctx=principal_context(request, principal),
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(MessageResponse("password changed successfully")), position=written.position)
+        return await committed(
+            deps, principal.actor, MessageResponse("password changed successfully"), position=written.position
+        )
 
     @patch(
         "/kyc",
@@ -132,8 +134,7 @@ class MeController(Controller):
         user, written = await account.resubmit_kyc(
             deps.write, principal.user_id, data.status, principal_context(request, principal)
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(user_dto(user)), position=written.position, etag=user.version)
+        return await committed(deps, principal.actor, user_dto(user), position=written.position, etag=user.version)
 
     @get(
         "/sessions",
@@ -161,8 +162,9 @@ class MeController(Controller):
         written = await sessions.revoke_own_session(
             deps.write, principal.user_id, target, principal_context(request, principal)
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(MessageResponse("session revoked successfully")), position=written.position)
+        return await committed(
+            deps, principal.actor, MessageResponse("session revoked successfully"), position=written.position
+        )
 
     @post(
         "/logout",
@@ -178,8 +180,9 @@ class MeController(Controller):
         written = await sessions.log_out(
             deps.write, principal.user_id, data.refresh_token, principal_context(request, principal)
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(MessageResponse("logged out successfully")), position=written.position)
+        return await committed(
+            deps, principal.actor, MessageResponse("logged out successfully"), position=written.position
+        )
 
     @post(
         "/logout-all",
@@ -191,9 +194,8 @@ class MeController(Controller):
     async def logout_all(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[MessageResponse]:
         principal = await authenticate(request, deps)
         written = await sessions.log_out_all(deps.write, principal.user_id, principal_context(request, principal))
-        await deps.consistency.remember(principal.actor, written.position)
         body = MessageResponse("logged out from all devices successfully")
-        return with_headers(Response(body), position=written.position)
+        return await committed(deps, principal.actor, body, position=written.position)
 
 
 async def _update(
@@ -209,8 +211,7 @@ async def _update(
         if_match=if_match,
         ctx=principal_context(request, principal),
     )
-    await deps.consistency.remember(principal.actor, written.position)
-    return with_headers(Response(user_dto(user)), position=written.position, etag=user.version)
+    return await committed(deps, principal.actor, user_dto(user), position=written.position, etag=user.version)
 
 
 def _session_dto(row: Any, current: object) -> SessionDTO:
