@@ -62,3 +62,8 @@ ops-render ENV: sync
 # Read-side benchmark: projection lag under a steady write load, rebuild rate, forwarder throughput.
 bench-read-side *ARGS: sync
     {{py}} bench/projections_bench.py {{ARGS}}
+
+# Load benchmark of the whole service beside its references, one table (issue #8); --quick, --only a,b, --out FILE.
+bench *ARGS: sync
+    @command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+    {{py}} bench/run.py {{ARGS}}

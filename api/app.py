@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -19,7 +21,7 @@ from api.routes.me import MeController
 from api.swagger import openapi_document, swagger_asset, swagger_initializer, swagger_page
 from api.system import Readiness, health, ready
 from pandora_users import __version__
-from pandora_users.domain.errors import InvalidRequest
+from pandora_users.domain.errors import DomainError, InvalidRequest
 from pandora_users.security.keys import jwks
 
 IGNORES_BODY = frozenset({"/api/v1/users/me/logout-all"})
@@ -27,9 +29,22 @@ LOGIN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/admin/auth/login"})
 
 
 async def strict_body(request: Request[Any, Any, Any]) -> None:
-    """Decode and check the body before the framework does (SPEC §2.1); see api/body.py."""
+    """Decode and check the body before the framework does (SPEC §2.1); see api/body.py.
+
+    A request refused for its body was never authenticated, so it counts against the `ip` window (SPEC §7.4).
+    """
     if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return
+    try:
+        await _check_body(request)
+    except (DomainError, HTTPException):
+        deps: ApiDeps | None = request.app.state.get("deps")
+        if deps is not None:
+            await deps.limits(request, [("ip", request.state.client_ip or "unknown")])
+        raise
+
+
+async def _check_body(request: Request[Any, Any, Any]) -> None:
     param = request.route_handler.parsed_fn_signature.parameters.get("data")
     raw = await request.body()
     if param is None:
@@ -91,6 +106,7 @@ def create_public_app(deps: ApiDeps, readiness: Readiness, *, max_body: int) -> 
             "readiness": Provide(lambda: readiness, sync_to_thread=False, use_cache=True),
         },
         before_request=strict_body,
+        state=State({"deps": deps}),
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,
         openapi_config=openapi("pandora-users public API"),

@@ -14,6 +14,7 @@ from api.auth import Principal
 from pandora_users.audit.access_log import AccessLogEntry, AccessLogWriter
 from pandora_users.audit.vocabulary import error_event_type
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 
 Scope = dict[str, Any]
 SYSTEM = ("/health", "/ready", "/metrics", "/.well-known/jwks.json", "/openapi.json", "/swagger")
@@ -118,6 +119,7 @@ class AccessLogMiddleware:
             ip_address=state.get("client_ip"),
             user_agent=_header(scope, b"user-agent"),
             request_id=state.get("request_id"),
+            trace_id=tracing.current_trace_id(),
             failure_reason=state.get("error_code") if status >= 400 else None,
             duration_ms=round(duration_ms),
             metadata=metadata,

@@ -18,6 +18,7 @@ from pandora_users.commands.base import WriteSide
 from pandora_users.commands.registration import SessionGrant
 from pandora_users.domain.context import Context
 from pandora_users.domain.user import User
+from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
 
@@ -81,9 +82,9 @@ def context(request: Request[Any, Any, Any], *, actor_id: str | None, actor_role
         metadata["ip_address"] = ip
     if agent:
         metadata["user_agent"] = agent[:512]
-    traceparent = request.headers.get("traceparent")
-    if traceparent:
-        metadata["traceparent"] = traceparent
+    incoming = trace_context(request.headers.get("traceparent"))  # a valid one only: the log is immutable
+    if incoming is not None:
+        metadata["traceparent"], metadata["trace_id"] = incoming
     return Context(metadata=metadata)
 
 

@@ -11,6 +11,7 @@ from loguru import logger
 
 from pandora_users.domain.errors import ERROR_TABLE, DomainError
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 
 _BY_STATUS = {
     404: "not_found",
@@ -23,6 +24,9 @@ _BY_STATUS = {
 def error_body(code: str, message: str | None = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"error": code, "message": message or ERROR_TABLE[code][2], "code": code.upper()}
     body.update({k: v for k, v in extra.items() if v is not None})
+    trace_id = tracing.current_trace_id()  # the request's server span, when tracing is on (SPEC §2.6)
+    if trace_id is not None:
+        body.setdefault("trace_id", trace_id)
     return body
 
 

@@ -77,5 +77,27 @@ def swagger_asset(name: str) -> Response[bytes]:
 
 @get("/openapi.json", include_in_schema=False, sync_to_thread=False)
 def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """The OpenAPI 3.1 document of this listener."""
-    return Response(request.app.openapi_schema.to_schema())
+    """The OpenAPI 3.1 document of this listener (built once)."""
+    state = request.app.state
+    if "openapi_document" not in state:
+        state["openapi_document"] = strict_request_bodies(request.app.openapi_schema.to_schema())
+    return Response(state["openapi_document"])
+
+
+def strict_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    """Mark every request-body schema `additionalProperties: false`: unknown fields are refused (SPEC §2.1).
+
+    The bodies are msgspec structs with `forbid_unknown_fields`, which Litestar does not carry into the schema.
+    """
+    schemas = document.get("components", {}).get("schemas", {})
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in content.values():
+                ref = media.get("schema", {}).get("$ref", "")
+                name = ref.removeprefix("#/components/schemas/")
+                if name in schemas and schemas[name].get("type") == "object":
+                    schemas[name]["additionalProperties"] = False
+    return document

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 from litestar import Response, get
+from litestar.openapi import ResponseSpec
 
 Check = Callable[[], Awaitable[object]]
 Lags = Callable[[], Awaitable[dict[str, float]]]
@@ -73,8 +75,42 @@ def health() -> dict[str, str]:
     return {"status": "healthy"}
 
 
-@get("/ready", tags=["system"])
-async def ready(readiness: Readiness) -> Response[dict[str, Any]]:
-    """Readiness: PostgreSQL (required), Redis (degraded when down)."""
+class CheckReport(msgspec.Struct):
+    status: Literal["ok", "fail", "degraded"]
+    latency_ms: float
+    error: str | None = None
+
+
+class ProjectionsReport(msgspec.Struct):
+    status: Literal["ok", "fail"]
+    lag_seconds: dict[str, float]
+    error: str | None = None
+
+
+class Checks(msgspec.Struct):
+    postgres: CheckReport
+    redis: CheckReport
+    projections: ProjectionsReport | None = None
+
+
+class ReadinessReport(msgspec.Struct):
+    """The body of `/ready` (SPEC §3.5), for the OpenAPI document."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    checks: Checks
+
+
+@get(
+    "/ready",
+    tags=["system"],
+    responses={
+        200: ResponseSpec(ReadinessReport, description="ready (`degraded` when Redis is down)"),
+        503: ResponseSpec(
+            ReadinessReport, description="`not_ready`: PostgreSQL down, a projection too far behind, or shutting down"
+        ),
+    },
+)
+async def ready(readiness: Readiness) -> Response[Any]:
+    """Readiness: PostgreSQL (required), Redis (degraded when down), projection lag (SPEC §3.5)."""
     status, body = await readiness.report()
     return Response(body, status_code=status)

@@ -6,7 +6,9 @@ Nothing here runs at import. Failures that end the process carry their exit code
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from loguru import logger
 
 from pandora_users.commands.base import WriteConfig, WriteSide
 from pandora_users.config.dev_secrets import ensure_dev_secrets
+from pandora_users.config.refresher import SecretsRefresher
 from pandora_users.config.secret import Secret
 from pandora_users.config.settings import Settings
 from pandora_users.fatal import Fatal
@@ -59,6 +62,19 @@ def with_dependencies(settings: Settings, servers: EmbeddedServers | None) -> Se
             resolved_redis_url=Secret(urls["REDIS_URL"]) if "REDIS_URL" in urls else settings.resolved_redis_url,
         )
     return ensure_dev_secrets(settings)
+
+
+def metrics_endpoint(settings: Settings) -> Callable[[], None]:
+    """`/metrics` on METRICS_PORT when it is set (processes without the admin listener); its stop function."""
+    if settings.metrics_port is None:
+        return lambda: None
+    from pandora_users.observability.metrics import serve_metrics
+
+    host, port = settings.admin_host, settings.metrics_port
+    try:
+        return serve_metrics(host, port)
+    except OSError as exc:
+        raise Fatal(1, f"error: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def database_url(settings: Settings) -> str:
@@ -204,9 +220,12 @@ class Runtime:
     db: asyncpg.Pool
     redis: Redis
     readiness: Readiness
+    refresher: SecretsRefresher | None = None  # key rotation and Vault token renewal (SPEC §6.2, §10.3)
 
     async def close(self) -> None:
         self.readiness.shutting_down = True
+        if self.refresher is not None:
+            await self.refresher.stop()
         await self.redis.aclose()
         await self.db.close()
         self.write.close()
@@ -232,7 +251,8 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
         config=write_config(settings),
         executor=ThreadPoolExecutor(settings.db_pool_max, thread_name_prefix="write"),
     )
-    tokens = TokenService(KeyRing(signing_keys(settings)), settings.jwt_issuer, settings.jwt_access_token_expiry)
+    keyring = KeyRing(signing_keys(settings))
+    tokens = TokenService(keyring, settings.jwt_issuer, settings.jwt_access_token_expiry)
     db = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max)
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     from projections.status import projection_lags
@@ -243,4 +263,8 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
         lags=lambda: projection_lags(db),
         max_lag=settings.ready_max_projection_lag,
     )
-    return Runtime(settings, store, write, hasher, tokens, db, redis, readiness)
+    # Every process that signs or verifies tokens (serve, api, admin, rpc) builds its Runtime here.
+    refresher = await asyncio.to_thread(SecretsRefresher.for_settings, settings, keyring, os.environ)
+    if refresher is not None:
+        refresher.start()
+    return Runtime(settings, store, write, hasher, tokens, db, redis, readiness, refresher)

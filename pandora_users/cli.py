@@ -80,33 +80,18 @@ def read_password(prompt: Callable[[str], str] = getpass.getpass) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pandora_users import commands_cli
+    if args.command in ("serve", "api"):
+        # Before anything imports prometheus_client: the HTTP workers' counts must land in one directory.
+        from pandora_users.observability.multiproc import ensure_shared_dir
 
+        ensure_shared_dir()
+    return run_guarded(lambda: _dispatch(args))
+
+
+def run_guarded(run: Callable[[], int]) -> int:
+    """Run a command; configuration and fatal errors become their message on stderr and their exit code."""
     try:
-        if args.command in ("serve", "api", "admin", "rpc"):
-            from pandora_users.serve import ROLES, serve
-
-            return serve(ROLES[args.command])
-        if args.command == "migrate":
-            return commands_cli.migrate(check=args.check)
-        if args.command == "project":
-            return commands_cli.project(args.names)
-        if args.command == "rebuild":
-            return commands_cli.rebuild(args.names)
-        if args.command == "audit-cleanup":
-            return asyncio.run(commands_cli.audit_cleanup(dry_run=args.dry_run))
-        if args.command == "create-admin":
-            return asyncio.run(
-                commands_cli.create_admin(
-                    email=args.email,
-                    first_name=args.first_name,
-                    last_name=args.last_name,
-                    promote=args.promote,
-                    password_source=read_password,
-                )
-            )
-        if args.command in ("history", "events", "erase"):
-            return _audit(args)
+        return run()
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
@@ -115,19 +100,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:
+        if not _database_unavailable(exc):
+            raise
+        print(f"error: PostgreSQL unavailable: {_first_line(exc)}", file=sys.stderr)
+        return 4
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """A connection-level PostgreSQL failure (refused, too many clients, lost), from any of our drivers."""
+    import asyncpg
+    import psycopg
+    from eventsourcing.persistence import OperationalError
+
+    connection_errors = (psycopg.OperationalError, OperationalError, asyncpg.PostgresConnectionError)
+    too_many = (asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError)
+    return isinstance(exc, connection_errors + too_many)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from pandora_users import commands_cli
+
+    if args.command in ("serve", "api", "admin", "rpc"):
+        from pandora_users.serve import ROLES, serve
+
+        return serve(ROLES[args.command])
+    if args.command == "migrate":
+        return commands_cli.migrate(check=args.check)
+    if args.command == "project":
+        return commands_cli.project(args.names)
+    if args.command == "rebuild":
+        return commands_cli.rebuild(args.names)
+    if args.command == "audit-cleanup":
+        return asyncio.run(commands_cli.audit_cleanup(dry_run=args.dry_run))
+    if args.command == "create-admin":
+        return asyncio.run(
+            commands_cli.create_admin(
+                email=args.email,
+                first_name=args.first_name,
+                last_name=args.last_name,
+                promote=args.promote,
+                password_source=read_password,
+            )
+        )
+    if args.command in ("history", "events", "erase"):
+        return _audit(args)
     return 2
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from pandora_users import commands_cli
+    from pandora_users import audit_cli
 
     if args.command == "history":
-        return asyncio.run(commands_cli.history(args.user_id, order=args.order, limit=args.limit, as_json=args.json))
+        return asyncio.run(audit_cli.history(args.user_id, order=args.order, limit=args.limit, as_json=args.json))
     if args.command == "events":
-        return commands_cli.events(
+        return audit_cli.events(
             after=args.after, limit=args.limit, types=args.type, follow=args.follow, as_json=args.json
         )
-    return asyncio.run(commands_cli.erase(args.user_id, reason=args.reason, yes=args.yes, confirm=input))
+    return asyncio.run(audit_cli.erase(args.user_id, reason=args.reason, yes=args.yes, confirm=input))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 
 from loguru import logger
 
+from pandora_users.observability import tracing
+
 SENSITIVE = frozenset({"password", "passwd", "secret", "token", "authorization", "cookie", "credential"})
 COMPOUNDS = ("api_key", "private_key")
 _SPLIT = re.compile(r"[_.\-]")
@@ -85,9 +87,17 @@ def _console_format(record: Any) -> str:
     return f"<green>{{time:HH:mm:ss.SSS}}</green> <level>{{level: <7}}</level> {name}: {{message}}\n{{exception}}"
 
 
+def _trace_ids(record: Any) -> None:
+    """`trace_id` and `span_id` of the span current where the record was made (SPEC §12.1)."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        record["extra"].setdefault("trace_id", ids[0])
+        record["extra"].setdefault("span_id", ids[1])
+
+
 def configure(*, level: str, fmt: str, env: str) -> None:
     logger.remove()
-    logger.configure(extra={"service": "pandora-users", "env": env})
+    logger.configure(extra={"service": "pandora-users", "env": env}, patcher=_trace_ids)
     if fmt == "json":
         logger.add(_json_sink, level=level.upper(), backtrace=False, diagnose=False)
     else:

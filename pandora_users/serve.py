@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +24,14 @@ from api.auth import ADMIN, PUBLIC, Authenticator
 from api.consistency import Consistency
 from api.deps import ApiDeps, Limits
 from api.edge import EdgeConfig
+from api.http_protocol import HttpProtocol
 from api.idempotency import IdempotencyStore
 from api.idempotent import IdempotencyMiddleware
 from api.limits import RequestLimits, limit_table
 from api.metrics_mw import MetricsMiddleware
 from api.ratelimit import RateLimiter
 from api.revocation import SessionLiveness
+from api.tracing_mw import traced
 from pandora_users.audit.access_log import AccessLogWriter
 from pandora_users.audit.cleanup import cleanup_forever
 from pandora_users.bootstrap import (
@@ -37,6 +40,7 @@ from pandora_users.bootstrap import (
     crypto_keys,
     database_url,
     ensure_schema,
+    metrics_endpoint,
     open_store,
     projection_deps,
     wait_for_postgres,
@@ -47,7 +51,9 @@ from pandora_users.fatal import Fatal
 from pandora_users.infra.embedded import EmbeddedServers
 from pandora_users.logs import configure
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 from pandora_users.store.app import EventStore
+from pandora_users.workers import HttpWorkers, bind, is_worker
 from projections.registry import NAMES, Supervisor
 from rpc.server import start_rpc
 
@@ -70,9 +76,14 @@ ROLES = {
 
 
 def serve(roles: frozenset[str] = ALL_ROLES) -> int:
-    """Run the given roles in this process: `serve` runs them all, `api`/`admin`/`rpc` one listener each."""
+    """Run the given roles in this process: `serve` runs them all, `api`/`admin`/`rpc` one listener each.
+
+    An HTTP worker child (see `workers`) runs the public listener beside its parent, on the same port.
+    """
+    worker = is_worker()
     settings = settings_from_env()
     configure(level=settings.log_level, fmt=settings.log_format, env=settings.app_env)
+    tracing.setup(settings)
     for variable, message in settings.warnings:
         logger.warning("configuration: {}: {}", variable, message)
     servers = EmbeddedServers(settings.data_dir)
@@ -81,11 +92,12 @@ def serve(roles: frozenset[str] = ALL_ROLES) -> int:
         wait_for_postgres(database_url(settings))
         store = open_store(settings)
         try:
-            ensure_schema(settings, store, migrate=settings.auto_migrate)
-            return asyncio.run(_serve(settings, store, roles))
+            ensure_schema(settings, store, migrate=settings.auto_migrate and not worker)
+            return asyncio.run(_serve(settings, store, roles, worker))
         finally:
             store.close()
     finally:
+        tracing.shutdown(settings.shutdown_timeout)  # flush the spans still queued (SPEC §11)
         servers.stop()
 
 
@@ -101,7 +113,8 @@ def _listener(app: Any, host: str, port: int, settings: Settings) -> _Server:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) or 1,
-        h11_max_incomplete_event_size=16 * 1024,
+        http=HttpProtocol,
+        loop="uvloop",
     )
     return _Server(config)
 
@@ -205,7 +218,7 @@ def public_app(runtime: Runtime, parts: HttpParts) -> Any:
             max_body=settings.max_request_body_bytes,
         ),
     ]
-    return wrap(app, edge_config(settings), layers)
+    return traced(wrap(app, edge_config(settings), layers), listener="public")
 
 
 def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
@@ -234,10 +247,15 @@ def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
     ]
     origins = settings.admin_cors_allowed_origins
     edge = EdgeConfig(settings.trusted_proxies, frozenset(o for o in origins if o != "*"), "*" in origins)
-    return wrap(app, edge, layers)
+    return traced(wrap(app, edge, layers), listener="admin")
 
 
-async def _serve(settings: Settings, store: EventStore, roles: frozenset[str]) -> int:
+async def _serve(settings: Settings, store: EventStore, roles: frozenset[str], worker: bool) -> int:
+    public_socket = None
+    if "public" in roles:
+        public_socket = bind(settings.server_host, settings.server_port, joining=worker)
+    # The admin listener has /metrics; a process without it may open METRICS_PORT (a worker's counts are the parent's).
+    stop_metrics = metrics_endpoint(settings) if "admin" not in roles and not worker else (lambda: None)
     runtime: Runtime = await build_runtime(settings, store)
     parts = HttpParts.start(runtime, cleanup_job="cleanup" in roles)
     supervisor = Supervisor(projection_deps(settings, store), NAMES if "projectors" in roles else ())
@@ -246,29 +264,38 @@ async def _serve(settings: Settings, store: EventStore, roles: frozenset[str]) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    listeners = []
-    if "public" in roles:
-        listeners.append(_listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings))
+    listeners: list[tuple[_Server, list[socket.socket] | None]] = []
+    workers = None
+    if public_socket is not None:
+        public = _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings)
+        listeners.append((public, [public_socket]))
+        if not worker and settings.http_workers > 1:
+            workers = HttpWorkers(settings)
+            await workers.start()
     if "admin" in roles:
         app = admin_listener_app(runtime, parts)
-        listeners.append(_listener(app, settings.admin_host, settings.admin_port, settings))
+        listeners.append((_listener(app, settings.admin_host, settings.admin_port, settings), None))
     rpc = None
     if "rpc" in roles:
         rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port, parts.access_log, parts.idempotency)
-    tasks = [asyncio.create_task(server.serve()) for server in listeners]
+    tasks = [asyncio.create_task(server.serve(sockets=sockets)) for server, sockets in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         runtime.readiness.shutting_down = True
         logger.info("shutting down")
-        for server in listeners:
+        for server, _ in listeners:
             server.should_exit = True
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # The workers drain their requests while this process drains its own.
+        results = await asyncio.gather(*tasks, *([workers.stop()] if workers else []), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed or not stop.is_set():
             raise Fatal(1, "error: a listener could not start or stopped unexpectedly (see the log)")
     finally:
         stopper.cancel()
+        stop_metrics()
+        if workers is not None:
+            await workers.stop()
         if rpc is not None:
             await rpc.close()
         await asyncio.to_thread(supervisor.stop, settings.shutdown_timeout)

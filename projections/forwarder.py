@@ -28,6 +28,7 @@ from redis.retry import Retry
 from pandora_users.observability import metrics as m
 from projections.integration_events import ERASED_TYPE, Entry, to_entry
 from projections.runner import Envelope, LostLease
+from projections.spans import publish_spans
 
 if TYPE_CHECKING:
     from projections.registry import ProjectionDeps
@@ -167,7 +168,8 @@ class ForwarderProjection:
         entries = [(env.position, entry) for env in batch if (entry := to_entry(env.position, env.event, now))]
         keepalive = _keepalive(conn)
         if entries:
-            self.retry.call(lambda: self._publish(entries), keepalive)
+            with publish_spans(self.stream, batch, entries) as traced:
+                self.retry.call(lambda: self._publish(traced), keepalive)
         erased = {e.user_id: p for p, e in entries if e.event_type == ERASED_TYPE}
         if erased:
             self.stats.deleted += self.retry.call(lambda: self._delete_older(erased), keepalive)

@@ -25,18 +25,21 @@ import psycopg
 from eventsourcing import persistence as es_persistence
 from eventsourcing.persistence import Notification
 from loguru import logger
+from opentelemetry.context import Context as TraceContext
 
 from pandora_users.domain.events import DomainEvent
 from pandora_users.observability import metrics as m
 from pandora_users.store.app import EVENTS_TABLE, EventStore
+from projections.spans import consumer_spans
 
 
 @dataclass(frozen=True)
 class Envelope:
-    """An event with its global position."""
+    """An event with its global position (and, when tracing, the context of its projection span)."""
 
     position: int
     event: DomainEvent
+    trace: TraceContext | None = None
 
 
 class Projection(Protocol):
@@ -187,8 +190,8 @@ class Runner:
 
     def _apply(self, conn: psycopg.Connection[Any], tracking: Tracking, notifications: Sequence[Notification]) -> None:
         batch = [self._envelope(n) for n in notifications]
-        with conn.transaction():
-            self.projection.apply(conn, batch)
+        with consumer_spans(self.name, batch) as traced, conn.transaction():
+            self.projection.apply(conn, traced)
             advance(conn, self.name, tracking, notifications[-1].id)
 
     def _envelope(self, notification: Notification) -> Envelope:

@@ -19,16 +19,17 @@ from uuid import UUID
 from grpclib.protocol import Peer
 from grpclib.server import Stream
 from multidict import MultiDict
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import DomainError, FieldError, InvalidRequest
+from pandora_users.observability.tracing import trace_context
 
 R = TypeVar("R")
 SERVICE = "pandora.user.v1.UserService"
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_USER_AGENT = 512
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 UUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 Metadata = MultiDict[str | bytes]
 
@@ -41,14 +42,6 @@ def text(metadata: Metadata | None, key: str) -> str | None:
     """A text metadata value (binary `-bin` values are not text)."""
     value = metadata.get(key) if metadata is not None else None
     return value if isinstance(value, str) else None
-
-
-def trace_context(traceparent: str | None) -> tuple[str, str] | None:
-    """(traceparent, trace id) of a valid W3C `traceparent`, else None."""
-    match = TRACEPARENT.match(traceparent.strip().lower()) if traceparent else None
-    if match is None or match.group(1) == "0" * 32 or match.group(2) == "0" * 16:
-        return None
-    return match.group(0), match.group(1)
 
 
 def parse_user_id(value: str, name: str = "user_id") -> UUID:
@@ -74,6 +67,7 @@ class Call:
     reason: str | None = None
     reply_metadata: dict[str, str] = field(default_factory=dict)
     finished: bool = False
+    span: Span = INVALID_SPAN  # the server span (SPEC §12.3), opened and ended by the server hooks
 
     @classmethod
     def open(cls, route: str, metadata: Metadata | None, peer: Peer | None, user_agent: str | None) -> Call:
@@ -103,6 +97,10 @@ class Call:
 
     @property
     def trace_id(self) -> str | None:
+        """The server span's trace id when tracing is on, else the caller's (from `traceparent`)."""
+        context = self.span.get_span_context()
+        if context.is_valid:
+            return f"{context.trace_id:032x}"
         return self.trace[1] if self.trace else None
 
     def context(self, **extra: str | None) -> Context:

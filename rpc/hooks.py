@@ -17,11 +17,14 @@ from grpclib.events import RecvRequest, SendTrailingMetadata, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 from loguru import logger
+from opentelemetry.trace import Status as SpanStatus
+from opentelemetry.trace import StatusCode
 
 from pandora_users.audit.access_log import AccessLogEntry, AccessLogWriter
 from pandora_users.audit.vocabulary import error_event_type
 from pandora_users.observability import metrics as m
-from rpc.calls import CURRENT, Call
+from pandora_users.observability import tracing
+from rpc.calls import CURRENT, SERVICE, Call, text
 from rpc.errors import ERROR_CODE_KEY, fallback_code
 
 WARNING = frozenset({Status.UNAUTHENTICATED, Status.PERMISSION_DENIED, Status.RESOURCE_EXHAUSTED})
@@ -67,6 +70,7 @@ class CallObserver:
         if call.in_user_service:
             self.in_flight += 1
             self._idle.clear()
+            open_span(call)
         m.grpc_active.inc()
         task = asyncio.current_task()
         if task is not None:
@@ -104,6 +108,7 @@ class CallObserver:
     def _finish(self, call: Call, status: Status) -> AccessLogEntry | None:
         """Log and count the call; its access-log entry when it is recorded."""
         call.finished = True
+        close_span(call, status)
         duration = time.perf_counter() - call.started
         m.grpc_requests.labels(call.route, status.name).inc()
         m.grpc_duration.labels(call.route).observe(duration)
@@ -122,6 +127,24 @@ class CallObserver:
         if not call.in_user_service:
             return None
         return access_entry(call, status, round(duration * 1000))
+
+
+def open_span(call: Call) -> None:
+    """The call's server span, continuing the caller's trace context, current for the rest of its task."""
+    if not tracing.enabled():
+        return
+    carrier = {key: value for key in tracing.PROPAGATED if (value := text(call.metadata, key))}
+    parent = tracing.extract(carrier)
+    attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": call.rpc}
+    call.span = tracing.start(call.route, kind=tracing.SERVER, parent=parent, attributes=attributes)
+    tracing.enter(call.span, parent)
+
+
+def close_span(call: Call, status: Status) -> None:
+    call.span.set_attribute("rpc.grpc.status_code", status.value)
+    if status in ERROR:
+        call.span.set_status(SpanStatus(StatusCode.ERROR, status.name))
+    call.span.end()
 
 
 def access_entry(call: Call, status: Status, duration_ms: int) -> AccessLogEntry | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar, Response, get
+from litestar.datastructures import State
 from litestar.di import Provide
 
 from api.app import jwks_endpoint, openapi, strict_body
@@ -45,6 +46,7 @@ def create_admin_app(
             "readiness": Provide(lambda: readiness, sync_to_thread=False, use_cache=True),
         },
         before_request=strict_body,
+        state=State({"deps": deps}),
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi("pandora-users admin API"),
         request_max_body_size=max_body,

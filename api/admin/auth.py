@@ -8,7 +8,7 @@ from litestar import Controller, Request, Response, post
 
 from api.admin.docs import CONSISTENCY, admin_docs
 from api.auth import ADMIN
-from api.deps import ApiDeps, auth_response, context, note, principal_context, with_headers
+from api.deps import ApiDeps, auth_response, committed, context, note, principal_context
 from api.routes.common import authenticate, client
 from api.schemas import AuthResponse, LoginRequest, MessageResponse, RefreshRequest
 from pandora_users.commands import authentication, sessions
@@ -36,8 +36,7 @@ class AdminAuthController(Controller):
         outcome = await authentication.log_in(deps.write, attempt, context(request, actor_id=None, actor_role="admin"))
         grant = outcome.grant
         note(request, user_id=grant.user.id, session_id=grant.session_id)
-        await deps.consistency.remember(str(grant.user.id), grant.position)
-        return with_headers(Response(auth_response(deps.tokens, grant)), position=grant.position)
+        return await committed(deps, str(grant.user.id), auth_response(deps.tokens, grant), position=grant.position)
 
     @post(
         "/refresh",
@@ -67,5 +66,6 @@ class AdminAuthController(Controller):
         written = await sessions.log_out(
             deps.write, principal.user_id, data.refresh_token, principal_context(request, principal)
         )
-        await deps.consistency.remember(principal.actor, written.position)
-        return with_headers(Response(MessageResponse("logged out successfully")), position=written.position)
+        return await committed(
+            deps, principal.actor, MessageResponse("logged out successfully"), position=written.position
+        )

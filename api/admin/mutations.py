@@ -15,7 +15,7 @@ from litestar import Controller, Request, Response, patch, post, put
 from api.admin.common import admin_user, refuse_own, target_user
 from api.admin.docs import CONSISTENCY, ETAG, IF_MATCH, admin_docs
 from api.admin.schemas import AdminUserDTO, Erased, EraseRequest, KycChange, Reason, RoleChange, reason_of
-from api.deps import ApiDeps, note, principal_context, with_headers
+from api.deps import ApiDeps, committed, note, principal_context
 from api.routes.common import authenticate, parse_if_match
 from pandora_users.commands import admin
 from pandora_users.commands.base import WriteSide, Written
@@ -37,8 +37,8 @@ async def execute(
     own_forbidden: bool,
     kind: str = "authz_change",
     reason_required: bool = False,
-) -> tuple[User, Written, Context]:
-    """Authenticate, parse, refuse self-actions, run the command in the admin's context, remember the write."""
+) -> tuple[User, Written, Context, str]:
+    """Authenticate, parse, refuse self-actions, run the command in the admin's context; the actor too."""
     principal = await authenticate(request, deps)
     target = target_user(request, raw_id)
     if_match = parse_if_match(request)
@@ -49,17 +49,16 @@ async def execute(
         refuse_own(principal, target)
     ctx = principal_context(request, principal).with_reason(cleaned)
     user, written = await run(deps.write, target, if_match, ctx)
-    await deps.consistency.remember(principal.actor, written.position)
     note(request, event_type=kind)
-    return user, written, ctx
+    return user, written, ctx, principal.actor
 
 
 async def mutate(
     request: Request[Any, Any, Any], deps: ApiDeps, raw_id: str, run: Run, *, reason: str | None, own_forbidden: bool
 ) -> Response[AdminUserDTO]:
     """A write that answers with the user: AdminUserDTO, ETag and X-Consistency-Token."""
-    user, written, ctx = await execute(request, deps, raw_id, run, reason=reason, own_forbidden=own_forbidden)
-    return with_headers(Response(admin_user(user, ctx.now)), position=written.position, etag=user.version)
+    user, written, ctx, actor = await execute(request, deps, raw_id, run, reason=reason, own_forbidden=own_forbidden)
+    return await committed(deps, actor, admin_user(user, ctx.now), position=written.position, etag=user.version)
 
 
 def _write(method: str, *codes: str, etag: bool = True, optional_body: bool = False) -> dict[str, Any]:
@@ -144,7 +143,7 @@ class AdminUserActionsController(Controller):
     async def erase(
         self, request: Request[Any, Any, Any], deps: ApiDeps, id: str, data: EraseRequest
     ) -> Response[Erased]:
-        user, written, _ = await execute(
+        user, written, _, actor = await execute(
             request, deps, id, _erase, reason=data.reason, own_forbidden=True, kind="user_erased", reason_required=True
         )
-        return with_headers(Response(Erased("user erased", str(user.id))), position=written.position)
+        return await committed(deps, actor, Erased("user erased", str(user.id)), position=written.position)

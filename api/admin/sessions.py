@@ -11,7 +11,7 @@ from api.admin import params as p
 from api.admin.common import admin_read
 from api.admin.docs import CONSISTENCY, admin_docs
 from api.admin.schemas import AdminSessionList, Reason, reason_of
-from api.deps import ApiDeps, note, principal_context, with_headers
+from api.deps import ApiDeps, committed, note, principal_context
 from api.openapi_docs import SESSION_ID
 from api.routes.common import authenticate, parse_id
 from api.schemas import MessageResponse
@@ -55,7 +55,7 @@ class AdminSessionsController(Controller):
         note(request, resource_type="session", resource_id=str(target), session_id=target)
         ctx = principal_context(request, principal).with_reason(clean_reason(reason_of(data)))
         written = await sessions.revoke_session(deps.write, target, "admin_revoked", ctx)
-        await deps.consistency.remember(principal.actor, written.position)
         owner = written.ended_sessions[0].user_id if written.ended_sessions else None
         note(request, event_type="authz_change", user_id=owner)
-        return with_headers(Response(MessageResponse("session revoked successfully")), position=written.position)
+        body = MessageResponse("session revoked successfully")
+        return await committed(deps, principal.actor, body, position=written.position)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,11 +97,19 @@ async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> 
         retry = (reservation.locked_until - ctx.now).total_seconds() if reservation.locked_until else 1
         raise AccountLocked(extra={"retry_after_seconds": max(1, int(retry + 0.999))})
     password = normalize_password(attempt.password)
+    try:
+        if user is None or stored is None:
+            await w.hasher.verify_dummy(password)
+        else:
+            result = await w.hasher.verify(stored, password)
+    except BaseException:
+        # No verification happened (the hashing pool shed the request, or it was cancelled): the attempt must
+        # not count, or a busy service would lock accounts out on its own.
+        await asyncio.shield(w.run(w.lockout.release, key))
+        raise
     if user is None or stored is None:
-        await w.hasher.verify_dummy(password)
         failure = await w.run(w.lockout.fail, key, ctx.now)
         return Verified(None, lockout_failures=failure.failures if failure.locked_until else None)
-    result = await w.hasher.verify(stored, password)
     if not result.ok:
         failure = await w.run(w.lockout.fail, key, ctx.now)
         if failure.locked_until is not None:

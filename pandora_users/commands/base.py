@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from pandora_users.domain.errors import ServiceBusy, ServiceUnavailable
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 from pandora_users.security.hashing import PasswordHasher
 from pandora_users.security.passwords import Blocklist
 from pandora_users.store.app import CURRENT_COMMAND, EventStore
@@ -98,7 +100,9 @@ class WriteSide:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking store work on the write pool, never on the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        # run_in_executor does not carry contextvars; the copy takes the current span into the thread.
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self.executor, call)
 
     async def after_commit(self, written: Written) -> Written:
         if written.ended_sessions and self.on_sessions_ended is not None:
@@ -117,13 +121,32 @@ def with_retries(attempt: Callable[[], T]) -> T:
     """
     command = attempt.__qualname__.split(".<locals>")[0]
     CURRENT_COMMAND.set(command)
-    for number in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return attempt()
-        except (IntegrityError, CredentialConflict):
-            m.append_conflicts.labels(command).inc()
-            if number == MAX_ATTEMPTS:
-                raise ServiceBusy(extra={"retry_after_seconds": 1}) from None
-        except OperationalError as exc:
-            raise ServiceUnavailable() from exc
+    name = command_name(command)
+    with tracing.span(f"command {name}", attributes={"pandora.command": name}) as span:
+        for number in range(1, MAX_ATTEMPTS + 1):
+            span.set_attribute("pandora.retries", number - 1)
+            try:
+                result = attempt()
+            except (IntegrityError, CredentialConflict):
+                m.append_conflicts.labels(command).inc()
+                if number == MAX_ATTEMPTS:
+                    raise ServiceBusy(extra={"retry_after_seconds": 1}) from None
+            except OperationalError as exc:
+                raise ServiceUnavailable() from exc
+            else:
+                written = _written(result)
+                if written is not None:
+                    span.set_attribute("pandora.aggregate_id", str(written.id))
+                return result
     raise AssertionError("unreachable")
+
+
+def command_name(function: str) -> str:
+    """The span name of a command function: `change_kyc` → `ChangeKyc` (SPEC §12.3 `command <Name>`)."""
+    return "".join(part.capitalize() for part in function.split("_"))
+
+
+def _written(result: object) -> Written | None:
+    if isinstance(result, tuple):
+        return next((item for item in result if isinstance(item, Written)), None)
+    return result if isinstance(result, Written) else None

@@ -42,6 +42,10 @@ def general(r: EnvReader, app_env: str) -> dict[str, Any]:
         "grpc_port": r.integer("GRPC_PORT", 9090, *_PORT),
         "max_request_body_bytes": r.integer("MAX_REQUEST_BODY_BYTES", 65536, 1024, 1048576),
         "shutdown_timeout": r.duration("SHUTDOWN_TIMEOUT", "10s", positive=True),
+        # Processes serving the public listener (one shared socket): one in dev/test, the usable cores elsewhere.
+        "http_workers": r.integer("HTTP_WORKERS", 1 if is_dev_like(app_env) else min(usable_cpus(), 16), 1, 64),
+        # /metrics of a process without the admin listener (`api`, `rpc`, `project`); off when unset.
+        "metrics_port": _metrics_port(r),
     }
     _check_ports(r, fields)
     if is_dev_like(app_env):
@@ -49,11 +53,24 @@ def general(r: EnvReader, app_env: str) -> dict[str, Any]:
     return fields
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _metrics_port(r: EnvReader) -> int | None:
+    if r.optional("METRICS_PORT") is None:
+        return None
+    return r.integer("METRICS_PORT", 9100, *_PORT)
+
+
 def _check_ports(r: EnvReader, fields: dict[str, Any]) -> None:
-    names = ("SERVER_PORT", "ADMIN_PORT", "GRPC_PORT")
+    names = ("SERVER_PORT", "ADMIN_PORT", "GRPC_PORT", "METRICS_PORT")
     seen: dict[int, str] = {}
     for name in names:
         port = fields[name.lower()]
+        if port is None:
+            continue
         if port in seen and r.ok(name, seen[port]):
             r.problem(name, f"must differ from {seen[port]} (both are {port})")
         seen.setdefault(port, name)

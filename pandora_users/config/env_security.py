@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from pathlib import Path
 from typing import Any
 
 from pandora_users.config.durations import format_duration
+from pandora_users.config.env_general import usable_cpus
 from pandora_users.config.jwt_keys import is_valid_kid, keys_dir_problems, pem_problem
 from pandora_users.config.profiles import is_dev_like
 from pandora_users.config.reader import EnvReader
@@ -81,8 +81,12 @@ def _check_lifetimes(r: EnvReader, fields: dict[str, Any]) -> None:
 
 
 def passwords(r: EnvReader) -> dict[str, Any]:
-    """Argon2 parameters and its worker pool, password policy, lockout."""
-    cpus = min(max(os.cpu_count() or 1, 1), 64)
+    """Argon2 parameters and its worker pool, password policy, lockout.
+
+    The pool defaults to the usable cores in every process (SPEC §10.1), HTTP workers included: connections do
+    not spread evenly over the workers, and a worker holding most of them must still be able to use every core.
+    """
+    cpus = min(usable_cpus(), 64)
     concurrency = r.integer("ARGON2_MAX_CONCURRENCY", cpus, 1, 64)
     minimum = r.integer("PASSWORD_MIN_LENGTH", 8, 8, 64)
     return {

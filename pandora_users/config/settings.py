@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     grpc_port: int
     max_request_body_bytes: int
     shutdown_timeout: float
+    http_workers: int
+    metrics_port: int | None
     # PostgreSQL (URLs are secrets: they may carry a password)
     database_url: Secret[str] | None
     db_host: str | None

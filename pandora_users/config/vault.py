@@ -1,8 +1,8 @@
 """The Vault overlay (SPEC §10.3): KV v2 secrets that override environment variables.
 
 `load()` runs once at start-up and fails hard (exit code 4) when Vault is unreachable or denies access.
-`refresh()` and `renew_token_if_due()` run periodically afterwards; a failure there keeps the last good
-values, logs an ERROR and raises `VaultRefreshError` for the caller to count.
+`refresh()` and `renew_token_if_due()` run periodically afterwards (see `config.refresher`); a failure there
+keeps the last good values, logs an ERROR and raises `VaultRefreshError` for the caller to count.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ REPLACES: dict[tuple[str, str], str] = {
     ("crypto", "email_index_key"): "EMAIL_INDEX_KEY",
 }
 STARTUP_SECRETS = ("jwt", "database", "redis", "grpc", "crypto")
-REFRESHED_SECRETS = ("jwt", "grpc")
+# The variables of the secrets applied at run time, `jwt` and `grpc` (key problems go under VAULT_SECRET_PATH).
+REFRESHED_VARIABLES = frozenset({"JWT_SECRET", "SERVICE_TOKENS", "VAULT_SECRET_PATH"})
 
 
 class VaultSecrets(msgspec.Struct, frozen=True):
@@ -101,6 +102,7 @@ class VaultOverlay:
         self._client = hvac.Client(url=addr, token=token, verify=ca_cert or None, timeout=timeout)
         self._lease: int | None = None
         self.current: VaultSecrets | None = None
+        self.latest: VaultSecrets | None = None  # everything the last successful refresh read
         self.error_count = 0
         self.renew_in: float | None = None
 
@@ -146,13 +148,17 @@ class VaultOverlay:
         return self.current
 
     def refresh(self) -> VaultSecrets:
-        """Re-read the secrets that change at run time (`jwt`, `grpc`); on failure keep the last good ones."""
+        """Re-read the secrets; apply those that change at run time (`jwt`, `grpc`), else keep the last good ones.
+
+        Start-up-only secrets are read too and kept in `latest` (not applied), so that a caller can tell
+        that a restart is needed; a malformed one of them does not fail the refresh.
+        """
         self._reload_token_file()
         try:
-            fresh = _decode(self._read(REFRESHED_SECRETS), self.location)
+            fresh = _decode(self._read(STARTUP_SECRETS), self.location)
         except _ReadError as exc:
             self._fail(exc.message)
-        problems = list(fresh.problems)
+        problems = [problem for problem in fresh.problems if problem[0] in REFRESHED_VARIABLES]
         if fresh.signing_keys is not None:
             keys = {kid: pem.get() for kid, pem in fresh.signing_keys.items()}
             problems += [("VAULT_SECRET_PATH", p) for p in key_set_problems(keys, fresh.active_kid)]
@@ -167,13 +173,16 @@ class VaultOverlay:
             active_kid=fresh.active_kid,
             service_tokens=fresh.service_tokens,
         )
+        self.latest = fresh
         return self.current
 
     def renew_token_if_due(self) -> bool:
         """Renew a renewable token once two thirds of its TTL have passed; True when it was renewed.
 
-        `renew_in` is then the number of seconds until the next renewal is due (None: never).
+        `renew_in` is then the number of seconds until the next renewal is due (None: never). A token
+        replaced in `VAULT_TOKEN_FILE` is picked up first.
         """
+        self._reload_token_file()
         try:
             info: dict[str, Any] = self._client.auth.token.lookup_self()["data"]
             ttl = int(info.get("ttl") or 0)

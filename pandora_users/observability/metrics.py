@@ -7,6 +7,7 @@ exposition merges, so the workers' counts add up.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,8 +16,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 P = "pandora_user_service_"
@@ -80,13 +84,33 @@ consistency_wait = Histogram(f"{P}consistency_wait_seconds", "Read-your-writes w
 vault_errors = Counter(f"{P}vault_errors_total", "Vault failures", ["operation"])
 
 
+def _registry() -> CollectorRegistry:
+    """What to expose: this process's registry, or every worker's when PROMETHEUS_MULTIPROC_DIR is set."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # The standard process and platform metrics, of the process serving /metrics.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
 def exposition() -> tuple[bytes, str]:
-    """The text exposition: this process's registry, or every worker's when PROMETHEUS_MULTIPROC_DIR is set."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The text exposition (the admin listener's `/metrics`)."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def serve_metrics(host: str, port: int) -> Callable[[], None]:
+    """`/metrics` on a port of its own (METRICS_PORT), for a process without the admin listener; its stop."""
+    server, thread = start_http_server(port, addr=host, registry=_registry())
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
 
 
 def status_class(status: int) -> str:

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from typing import Protocol, TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from loguru import logger
+from opentelemetry import trace
 
 from pandora_users.domain.errors import ServiceBusy
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 from pandora_users.security.passwords import normalize_password
 
 T = TypeVar("T")
@@ -139,6 +142,11 @@ class PasswordHasher:
         self._dummy_hash: str | None = None
         self._dummy_lock = asyncio.Lock()
         self._closed = False
+        self._span_attributes = {
+            "pandora.argon2.memory_kib": self.params.memory_kib,
+            "pandora.argon2.time_cost": self.params.time_cost,
+            "pandora.argon2.parallelism": self.params.parallelism,
+        }
 
     @classmethod
     def from_settings(cls, settings: HashingSettings) -> PasswordHasher:
@@ -168,12 +176,18 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """The PHC string of the NFKC-normalised password, with the configured parameters and a new salt."""
-        with m.password_hash_duration.labels("hash").time():
+        with (
+            tracing.span("password.hash", attributes=self._span_attributes),
+            m.password_hash_duration.labels("hash").time(),
+        ):
             return await self._run(self._argon2.hash, _secret_bytes(password))
 
     async def verify(self, stored_hash: str, password: str) -> VerifyResult:
         """Verify with the stored hash's own parameters; a malformed or foreign hash gives ok=False."""
-        with m.password_hash_duration.labels("verify").time():
+        with (
+            tracing.span("password.verify", attributes=self._span_attributes),
+            m.password_hash_duration.labels("verify").time(),
+        ):
             return await self._run(self._argon2.verify, stored_hash, _secret_bytes(password))
 
     def check_needs_rehash(self, stored_hash: str) -> bool:
@@ -208,7 +222,10 @@ class PasswordHasher:
             return self._dummy_hash
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        queued = time.perf_counter()
         await self._acquire()
+        wait_ms = round((time.perf_counter() - queued) * 1000, 3)
+        trace.get_current_span().set_attribute("pandora.queue_wait_ms", wait_ms)
         loop = asyncio.get_running_loop()
         try:
             work = self._executor.submit(fn, *args)

@@ -195,7 +195,7 @@ class KeyRing:
 
 
 class KeyDirWatcher:
-    """Reloads `JWT_KEYS_DIR` into a KeyRing; callers run `rescan()` every 60 s and on SIGHUP."""
+    """Reloads `JWT_KEYS_DIR` into a KeyRing; `config.refresher` runs `rescan()` every 60 s and on SIGHUP."""
 
     def __init__(self, path: str | Path, keyring: KeyRing) -> None:
         self.path = Path(path)

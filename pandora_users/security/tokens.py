@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -140,6 +141,9 @@ def _parse_header(token: object) -> dict[str, str]:
     return header
 
 
+VERIFIED_CACHE_SIZE = 20_000  # verified access tokens remembered per process (~1 KiB each)
+
+
 class TokenService:
     """Issues and verifies access tokens with the KeyRing's current keys."""
 
@@ -154,6 +158,8 @@ class TokenService:
         self.issuer = issuer
         self.access_ttl = access_ttl
         self._clock = clock
+        # Tokens that passed every check, with the key set that verified them (see `verify_access`).
+        self._verified: dict[str, tuple[KeySet, AccessClaims]] = {}
 
     @property
     def keyring(self) -> KeyRing:
@@ -198,8 +204,17 @@ class TokenService:
         return IssuedAccessToken(token=token, jti=jti, issued_at=iat, expires_at=exp)
 
     def verify_access(self, token: str, *, audience: str | None) -> AccessClaims:
-        """Every verification step of §6.1 (the §6.6 session check is the caller's); raises TokenInvalid."""
+        """Every verification step of §6.1 (the §6.6 session check is the caller's); raises TokenInvalid.
+
+        A token that passed is remembered, with the key set that verified it, until it expires: the same string
+        again skips the signature check (the costly step), and only expiry and audience are checked anew. A key
+        rotation (a new key set) makes every remembered token go through the full check again, so a retired key
+        stops verifying at once.
+        """
         keyset = self._keyring.current  # one snapshot: a concurrent rotation cannot mix two key sets
+        known = self._verified.get(token)
+        if known is not None and known[0] is keyset:
+            return self._recheck(token, known[1], audience)
         header = _parse_header(token)
         if header["alg"] != keyset.algorithm:
             raise TokenInvalid("bad_signature")  # `none` and every other algorithm: a one-entry allowlist
@@ -207,7 +222,30 @@ class TokenService:
         if key is None:
             raise TokenInvalid("unknown_key")
         payload = self._verified_payload(token, key, keyset.algorithm)
-        return self._check_claims(header, payload, audience)
+        claims = self._check_claims(header, payload, audience=None)
+        self._remember(token, keyset, claims)
+        return self._recheck(token, claims, audience)
+
+    def _recheck(self, token: str, claims: AccessClaims, audience: str | None) -> AccessClaims:
+        now = self._clock()
+        if now >= claims.exp:
+            self._verified.pop(token, None)
+            raise TokenInvalid("expired")
+        if claims.nbf > now + CLOCK_SKEW_SECONDS or claims.iat > now + CLOCK_SKEW_SECONDS:  # the clock went back
+            raise TokenInvalid("not_yet_valid")
+        if audience is not None and claims.aud != audience:
+            raise TokenInvalid("wrong_audience")
+        return claims
+
+    def _remember(self, token: str, keyset: KeySet, claims: AccessClaims) -> None:
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            now = self._clock()
+            for stale in [t for t, (_, c) in self._verified.items() if c.exp <= now]:
+                del self._verified[stale]
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:  # mostly live: forget the oldest tenth
+                for oldest in list(itertools.islice(self._verified, VERIFIED_CACHE_SIZE // 10)):
+                    del self._verified[oldest]
+        self._verified[token] = (keyset, claims)
 
     @staticmethod
     def _verified_payload(token: str, key: SigningKey, algorithm: str) -> dict[str, Any]:

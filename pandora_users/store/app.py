@@ -6,37 +6,54 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import get_topic
 
 from pandora_users.domain.events import DomainEvent, UserKycUpdated
 from pandora_users.observability import metrics as m
+from pandora_users.observability import tracing
 from pandora_users.store.keys import KeyInvalidation, KeyStore, psycopg_fetcher
 from pandora_users.store.mapper import PersonalDataMapper
-from pandora_users.store.recorder import CredentialOp, PandoraRecorder
+from pandora_users.store.recorder import CredentialOp, PandoraRecorder, SerialRecorder
 
 S = TypeVar("S")
 # The command being run on this thread (metrics label); set by the commands' retry loop.
 CURRENT_COMMAND: ContextVar[str] = ContextVar("pandora_command", default="other")
 APP_NAME = "Pandora"
 EVENTS_TABLE = "pandora_events"
+CONNECT_PARAMS = "PANDORA_POSTGRES_PARAMS"
 
 
-def postgres_env(database_url: str, *, pool_size: int, max_overflow: int, lock_timeout: float) -> dict[str, str]:
-    """eventsourcing's POSTGRES_* settings from a postgresql:// URL."""
+class PandoraFactory(PostgresFactory):
+    """The library's PostgreSQL factory, plus the libpq parameters of the URL (sslmode, sslrootcert, ...).
+
+    The library connects with dbname/host/port/user/password only; its pool opens at the first connection, after
+    this constructor, so every connection gets the parameters.
+    """
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        kwargs = self.datastore.pool.kwargs
+        assert isinstance(kwargs, dict)  # the library passes a dict
+        kwargs.update(parse_qsl(self.env.get(CONNECT_PARAMS) or ""))
+
+
+def postgres_env(
+    database_url: str, *, pool_size: int, max_overflow: int, lock_timeout: float, group_commit: bool = True
+) -> dict[str, str]:
+    """eventsourcing's POSTGRES_* settings from a postgresql:// URL (`group_commit=False` only to measure it)."""
     url = urlsplit(database_url)
-    query = dict(part.split("=", 1) for part in url.query.split("&") if "=" in part)
-    dbname = unquote(url.path.lstrip("/")) or "postgres"
-    if "sslmode" in query:
-        dbname = f"dbname={dbname} sslmode={query['sslmode']}"
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "APPLICATION_RECORDER_TOPIC": get_topic(PandoraRecorder),
-        "POSTGRES_DBNAME": dbname,
+        # libpq parameters of the URL's query (sslmode, sslrootcert, ...), added to the pool's connect arguments.
+        CONNECT_PARAMS: url.query,
+        "PERSISTENCE_MODULE": get_topic(PandoraFactory),
+        "APPLICATION_RECORDER_TOPIC": get_topic(PandoraRecorder if group_commit else SerialRecorder),
+        "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(url.port or 5432),
         "POSTGRES_USER": unquote(url.username or "postgres"),
@@ -91,12 +108,19 @@ class EventStore(Application[UUID]):
     def append(self, events: Sequence[DomainEvent], ops: Sequence[CredentialOp] = ()) -> int | None:
         """Commit events and credential operations together; the position of the last event (None if none)."""
         command = CURRENT_COMMAND.get()
-        started = time.perf_counter()
-        try:
-            recordings = self.save(*events, credential_ops=list(ops))
-        except Exception:
-            m.db_transactions.labels("error").inc()
-            raise
+        # The current span is the command's: its context goes into every event's metadata (SPEC §9.2, §12.3).
+        events = tracing.stamp(events)
+        attributes = {"db.system": "postgresql", "pandora.events.count": len(events)}
+        with tracing.span("eventstore.append", kind=tracing.CLIENT, attributes=attributes) as span:
+            started = time.perf_counter()
+            try:
+                recordings = self.save(*events, credential_ops=list(ops))
+            except Exception:
+                m.db_transactions.labels("error").inc()
+                raise
+            if recordings:
+                span.set_attribute("pandora.position.first", recordings[0].notification.id)
+                span.set_attribute("pandora.position.last", recordings[-1].notification.id)
         m.db_transactions.labels("ok").inc()
         m.append_duration.labels(command).observe(time.perf_counter() - started)
         for event in events:

@@ -21,6 +21,9 @@ INSERT_KEY = "INSERT INTO subject_keys (user_id, wrapped_key) VALUES (%s, %s)"
 DELETE_KEY = "DELETE FROM subject_keys WHERE user_id = %s"
 
 
+FRESH_WINDOW = 10.0  # seconds a key made for a save outlives a cache clear (a save commits well within it)
+
+
 class KeyStore:
     """Implements the mapper's `DataKeys`: wrapped keys in PostgreSQL, a short-lived cache in memory."""
 
@@ -39,6 +42,8 @@ class KeyStore:
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[UUID, tuple[bytes, float]] = {}
+        # Keys made by `new_key` for a save that may not have committed yet, and when they were made.
+        self._fresh: dict[UUID, float] = {}
         self._lock = threading.Lock()
 
     def get(self, user_id: UUID) -> bytes | None:
@@ -59,16 +64,27 @@ class KeyStore:
         """A fresh data key (cached for the coming save) and its wrapped form to store."""
         key = os.urandom(32)
         self._remember(user_id, key)
+        now = self._clock()
+        with self._lock:
+            if len(self._fresh) >= 1024:
+                self._fresh = {u: made for u, made in self._fresh.items() if now - made < FRESH_WINDOW}
+            self._fresh[user_id] = now
         return key, seal(self._kek, key, user_id.bytes)
 
     def forget(self, user_id: UUID) -> None:
         """Drop a cached key (after erasure, or when a save that created it failed)."""
         with self._lock:
             self._cache.pop(user_id, None)
+            self._fresh.pop(user_id, None)
 
     def clear(self) -> None:
+        """Drop every cached key, except those just made for a save that may still be committing: the database
+        does not have them yet, so dropping one would fail that save. They are kept at most FRESH_WINDOW."""
+        now = self._clock()
         with self._lock:
-            self._cache.clear()
+            keep = {u: made for u, made in self._fresh.items() if now - made < FRESH_WINDOW and u in self._cache}
+            self._cache = {u: (self._cache[u][0], made + FRESH_WINDOW) for u, made in keep.items()}
+            self._fresh = keep
 
     def _remember(self, user_id: UUID, key: bytes) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import redis
 
 from tests.e2e.procs import Service, clean_env, free_port
 
@@ -50,15 +52,17 @@ class Api:
         )
 
 
-@pytest.fixture(scope="session")
-def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@contextlib.contextmanager
+def spawn_service(
+    server_url: str, template_db: str, redis_url: str, workdir: Path, command: str = "serve", **overrides: str
+) -> Iterator[Api]:
+    """A `pandora-users serve` (or `api`...) process on a fresh database of its own (dropped after), ready."""
     name = f"pandora_e2e_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     database_url = server_url.rsplit("/", 1)[0] + "/" + name
     run = uuid.uuid4().hex[:8]
     stream, prefix = f"e2e-{run}:events", f"e2e-{run}:"
-    workdir: Path = tmp_path_factory.mktemp("api")
     env = clean_env(
         APP_ENV="test",
         DATABASE_URL=database_url,
@@ -74,12 +78,20 @@ def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pyt
         LOG_LEVEL="info",
         DATA_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
         EMAIL_INDEX_KEY="pandora-users test email index pepper",
+        **overrides,
     )
-    service = Service(env, workdir, free_port())
+    service = Service(env, workdir, free_port(), command)
     try:
         service.wait_ready(timeout=60)
         yield Api(service, database_url, redis_url, stream, prefix, env)
     finally:
         service.stop()
+        redis.Redis.from_url(redis_url).delete(stream)
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with spawn_service(server_url, template_db, redis_url, tmp_path_factory.mktemp("api")) as running:
+        yield running

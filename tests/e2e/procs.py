@@ -39,13 +39,13 @@ def run_cli(
 class Service:
     """`pandora-users serve` as a child process, stopped with SIGINT like a Ctrl-C."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, port: int) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, port: int, command: str = "serve") -> None:
         self.port = port
         self.log = cwd / f"serve-{port}.log"
         self._out = self.log.open("w")
         self.admin_port, self.grpc_port = free_port(), free_port()
         env = {**env, "SERVER_PORT": str(port), "ADMIN_PORT": str(self.admin_port), "GRPC_PORT": str(self.grpc_port)}
-        self.proc = subprocess.Popen([EXE, "serve"], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([EXE, command], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT)
 
     @property
     def url(self) -> str:

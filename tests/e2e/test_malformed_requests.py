@@ -439,9 +439,13 @@ def test_non_ascii_header_bytes_never_give_a_500(client: Client, victim: dict, u
 
 
 def test_bad_idempotency_keys_are_400(client: Client, unchanged: None) -> None:
-    for key in ["", "k" * 256, "tab\there", "del\x7f", "bell\x07"]:
+    for key in ["", "k" * 256, "tab\there"]:
         r = client.send("POST", f"{V1}/auth/login", None, b"{}", {**JSON, "Idempotency-Key": key})
         assert_error(r, 400, "invalid_idempotency_key")
+    # Control characters are not legal in any header value (RFC 9110 §5.5): the HTTP parser refuses the request.
+    for key in ["del\x7f", "bell\x07"]:
+        r = client.send("POST", f"{V1}/auth/login", None, b"{}", {**JSON, "Idempotency-Key": key})
+        assert_error(r, 400, "invalid_request")
 
 
 def _status(sock: socket.socket) -> int:

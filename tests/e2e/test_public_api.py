@@ -177,6 +177,34 @@ def test_sixth_login_in_15_minutes_is_429_with_headers(api: Api) -> None:
     assert int(last.headers["x-ratelimit-limit"]) == 5
 
 
+def _stream_metadata(api: Api, user_id: str) -> dict:
+    stream_types(api, user_id)  # waits for the user's events to arrive
+    entries = redis.Redis.from_url(api.redis_url).xrange(api.stream)
+    return next(json.loads(e[1][b"metadata"]) for e in entries if e[1][b"user_id"].decode() == user_id)
+
+
+def test_only_a_well_formed_traceparent_is_kept_in_the_audit_metadata(api: Api) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with api.client() as c:
+        c.headers["traceparent"] = f"00-{trace}-00f067aa0ba902b7-01"
+        good = register(c)["user"]["id"]
+        c.headers["traceparent"] = "00-<script>-ffffffffffffffff-01 plus anything a caller wants in the log"
+        bad = register(c)["user"]["id"]
+    assert _stream_metadata(api, good)["trace_id"] == trace
+    assert not {"traceparent", "trace_id"} & set(_stream_metadata(api, bad))
+
+
+def test_malformed_bodies_count_against_the_ip_window(api: Api) -> None:
+    """SPEC §7.4: every unauthenticated request counts, including one refused for its body."""
+    with api.client() as c:
+        bad = {"Content-Type": "application/json"}
+        codes = [c.post("/api/v1/auth/login", content=b"{bad", headers=bad).status_code for _ in range(100)]
+        last = c.post("/api/v1/auth/login", content=b"{bad", headers=bad)
+    assert codes == [400] * 100
+    assert last.status_code == 429 and last.json()["error"] == "rate_limit_exceeded"
+    assert last.headers["x-ratelimit-limit"] == "100"
+
+
 def test_profile_update_if_match_and_read_your_writes(api: Api) -> None:
     with api.client() as c:
         auth = register(c)

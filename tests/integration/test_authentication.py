@@ -13,7 +13,7 @@ from pandora_users.commands.authentication import LoginAttempt, RefreshAttempt
 from pandora_users.commands.base import WriteSide
 from pandora_users.domain import events as ev
 from pandora_users.domain.context import Context
-from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken
+from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken, ServiceBusy
 from tests.integration.test_registration import PASSWORD, reg
 
 
@@ -68,6 +68,29 @@ async def test_lockout_after_threshold_and_user_locked_event(write_side: WriteSi
     with psycopg.connect(database_url) as conn:
         locked = conn.execute("SELECT count(*) FROM pandora_events WHERE topic = %s", (ev.UserLocked.TOPIC,)).fetchone()
     assert locked == (1,)
+
+
+@pytest.mark.parametrize("email", ["ann@example.com", "ghost@example.com"])
+async def test_shed_verifications_do_not_count_towards_the_lockout(
+    write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch, email: str
+) -> None:
+    """A login the hashing pool refuses (503 service_busy) verified nothing: its reservation is given back."""
+    await _user(write_side)
+
+    async def shed(*_: object) -> None:
+        raise ServiceBusy(extra={"retry_after_seconds": 1})
+
+    with monkeypatch.context() as patch:
+        patch.setattr(write_side.hasher, "verify", shed)
+        patch.setattr(write_side.hasher, "verify_dummy", shed)
+        for _ in range(10):  # far beyond the threshold of 3
+            with pytest.raises(ServiceBusy):
+                await auth.log_in(write_side, LoginAttempt(email, PASSWORD), Context())
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT failures, reserved, locked_until FROM login_failures").fetchall()
+    assert all(row == (0, 0, None) for row in rows), rows
+    if email == "ann@example.com":
+        assert (await auth.log_in(write_side, LoginAttempt(email, PASSWORD), Context())).grant.user is not None
 
 
 async def test_unknown_email_locks_too_without_events(write_side: WriteSide, database_url: str) -> None:

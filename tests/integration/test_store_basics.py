@@ -57,3 +57,19 @@ def test_raw_events_table_holds_no_personal_data(event_store: EventStore, databa
         rows = conn.execute("SELECT state FROM pandora_events").fetchall()
     raw = b"".join(bytes(r[0]) for r in rows)
     assert b"secret.person" not in raw and b"Ann" not in raw and b"argon2" not in raw
+
+
+def test_the_urls_libpq_parameters_reach_the_event_stores_connections(database_url: str) -> None:
+    """DB_HOST configurations add `?sslmode=...`; every libpq parameter of the URL applies to the pool."""
+    from pandora_users.store.app import EventStore, postgres_env
+    from tests.conftest import TEST_KEK
+
+    url = f"{database_url}?sslmode=disable&application_name=pandora-params-test"
+    store = EventStore(postgres_env(url, pool_size=1, max_overflow=0, lock_timeout=5), TEST_KEK)
+    try:
+        with store.datastore.get_connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name') AS name").fetchone()
+        assert row is not None and row["name"] == "pandora-params-test"
+        assert store.head_position() >= 0
+    finally:
+        store.close()

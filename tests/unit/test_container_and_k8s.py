@@ -407,8 +407,13 @@ def test_every_pod_is_hardened_sized_and_wired_to_vault(overlay: str) -> None:
             env = {item["name"] for item in container.get("env", [])}
             if container["args"][0] in ("api", "admin"):
                 assert "ARGON2_MAX_CONCURRENCY" in env, f"{where}: size Argon2 to the pod, not to the node"
-                slots = next(int(e["value"]) for e in container["env"] if e["name"] == "ARGON2_MAX_CONCURRENCY")
-                assert quantity(resources["limits"]["memory"]) >= 200 * 2**20 + slots * 64 * 2**20, where
+                values = {e["name"]: e.get("value") for e in container["env"]}
+                slots = int(values["ARGON2_MAX_CONCURRENCY"])
+                if container["args"][0] == "api":
+                    assert "HTTP_WORKERS" in env, f"{where}: size the worker processes to the pod, not to the node"
+                workers = int(values.get("HTTP_WORKERS") or 1)
+                needed = workers * (200 * 2**20 + slots * 64 * 2**20)
+                assert quantity(resources["limits"]["memory"]) >= needed, where
             if container["args"][0] in ("project", "migrate", "audit-cleanup"):
                 direct = next(e for e in container["env"] if e["name"] == "DB_HOST")
                 assert direct["valueFrom"]["configMapKeyRef"]["key"] == "DB_DIRECT_HOST", f"{where}: no PgBouncer"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSITION_ROOT = {"bootstrap.py", "serve.py", "cli.py", "commands_cli.py"}
+COMPOSITION_ROOT = {"bootstrap.py", "serve.py", "cli.py", "commands_cli.py", "audit_cli.py", "workers.py"}
 EDGES = ("api", "rpc", "projections")
 
 

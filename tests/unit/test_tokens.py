@@ -584,3 +584,36 @@ def test_opaque_tokens() -> None:
         assert digest == hashlib.sha256(token.encode("ascii")).digest()
         assert hash_opaque_token(token) == digest
     assert len(hash_opaque_token("x" * 600 + "\ud800")) == 32  # any presented string hashes
+
+
+def test_a_verified_token_is_remembered_until_it_expires(service: TokenService, clock: Clock) -> None:
+    token = issue(service)
+    first = service.verify_access(token, audience="pandora-api")
+    assert service.verify_access(token, audience="pandora-api") is first  # remembered: no second signature check
+    with pytest.raises(TokenInvalid) as wrong:
+        service.verify_access(token, audience="pandora-admin")
+    assert wrong.value.reason == "wrong_audience"
+    clock.now += 901
+    with pytest.raises(TokenInvalid) as expired:
+        service.verify_access(token, audience="pandora-api")
+    assert expired.value.reason == "expired"
+
+
+def test_a_rotation_makes_remembered_tokens_verify_again(eddsa: KeySet, clock: Clock) -> None:
+    ring = KeyRing(eddsa)
+    service = TokenService(ring, ISSUER, 900, clock=clock)
+    token = issue(service)
+    service.verify_access(token, audience="pandora-api")
+    ring.swap(load_eddsa_pem(pem_of(Ed25519PrivateKey.generate()), kid="2026-02-01"))  # the token's key is retired
+    with pytest.raises(TokenInvalid) as retired:
+        service.verify_access(token, audience="pandora-api")
+    assert retired.value.reason == "unknown_key"
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_refused(service: TokenService) -> None:
+    token = issue(service)
+    service.verify_access(token, audience="pandora-api")
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(TokenInvalid):
+        service.verify_access(forged, audience="pandora-api")

@@ -1,0 +1,169 @@
+"""HTTP_WORKERS: several processes serve the public listener; their metrics add up; they live and die together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.e2e.conftest import Api, spawn_service
+from tests.e2e.procs import free_port, run_cli
+from tests.e2e.test_metrics import _value
+
+HEALTH = 'pandora_user_service_http_requests_total{listener="public",method="GET",route="/health",status="2xx"}'
+
+
+@pytest.fixture(scope="module")
+def workers_api(
+    server_url: str, template_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Api, Path]]:
+    workdir = tmp_path_factory.mktemp("workers")
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir()
+    with spawn_service(
+        server_url, template_db, redis_url, workdir, HTTP_WORKERS="3", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    ) as running:
+        yield running, metrics_dir
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _workers(api: Api) -> set[int]:
+    return {
+        pid
+        for pid in _children(api.service.proc.pid)
+        if b"pandora_users.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    }
+
+
+def _listening(port: int) -> int:
+    """How many sockets listen on `port` (each worker process has its own, SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                count += 1
+    return count
+
+
+def _per_process_health_counts(metrics_dir: Path) -> dict[int, float]:
+    counts: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        db = MmapedDict(str(path), read_mode=True)
+        try:
+            for key, value, _ in db.read_all_values():
+                if '"/health"' in key and '"2xx"' in key and "http_requests_total" in key:
+                    counts[pid] = counts.get(pid, 0.0) + value
+        finally:
+            db.close()
+    return counts
+
+
+def _wait_for(predicate: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_the_workers_share_the_load_and_their_counts_add_up(workers_api: tuple[Api, Path]) -> None:
+    api, metrics_dir = workers_api
+    _wait_for(lambda: _listening(api.service.port) == 3)
+    before = sum(_per_process_health_counts(metrics_dir).values())
+
+    def burst(_: int) -> int:
+        with httpx.Client(base_url=api.url, timeout=30) as client:  # a connection per caller
+            return sum(client.get("/health").status_code == 200 for _ in range(20))
+
+    with ThreadPoolExecutor(16) as pool:
+        ok = sum(pool.map(burst, range(48)))
+    assert ok == 48 * 20
+
+    per_process = _per_process_health_counts(metrics_dir)
+    served = {pid: count for pid, count in per_process.items() if count > 0}
+    assert len(served) >= 2, per_process  # more than one process took connections
+    assert sum(per_process.values()) - before == 48 * 20
+    exposed = _value(httpx.get(f"{api.admin_url}/metrics", timeout=10).text, HEALTH)
+    assert exposed == sum(per_process.values())  # /metrics reports the sum of every worker's counter
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_refused(workers_api: tuple[Api, Path]) -> None:
+    api, _ = workers_api
+    _wait_for(lambda: len(_workers(api)) == 2)
+    _wait_for(lambda: _listening(api.service.port) == 3)
+    victim = min(_workers(api))
+    os.kill(victim, signal.SIGKILL)
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        statuses = [client.get("/health").status_code for _ in range(50)]
+    assert set(statuses) == {200}
+    _wait_for(lambda: len(_workers(api)) == 2 and victim not in _workers(api))
+    assert "exited with status -9; restarting it" in api.service.log.read_text()
+
+
+def test_a_worker_dies_with_a_killed_parent(server_url: str, template_db: str, redis_url: str, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics"  # a SIGKILLed parent cannot remove a directory of its own
+    metrics.mkdir()
+    with spawn_service(
+        server_url, template_db, redis_url, tmp_path, HTTP_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics)
+    ) as api:
+        _wait_for(lambda: len(_workers(api)) == 1)
+        children = _workers(api)
+        api.service.stop(signal.SIGKILL)
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), timeout=15)
+
+
+def test_a_second_instance_cannot_join_the_port(workers_api: tuple[Api, Path], tmp_path: Path) -> None:
+    api, _ = workers_api
+    ports = {"SERVER_PORT": str(api.service.port), "ADMIN_PORT": str(free_port()), "GRPC_PORT": str(free_port())}
+    env = {**api.env, **ports, "DATA_DIR": str(tmp_path / "data")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    result = run_cli("serve", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen on 0.0.0.0:{api.service.port}" in result.stderr
+
+
+def test_stopping_the_parent_stops_every_worker(workers_api: tuple[Api, Path]) -> None:
+    api, _ = workers_api  # the last test of this module: it ends the module's service
+    children = _workers(api)
+    assert len(children) == 2
+    assert api.service.stop(signal.SIGTERM) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_the_api_role_exposes_its_workers_summed_counts_on_metrics_port(
+    server_url: str, template_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with spawn_service(
+        server_url, template_db, redis_url, tmp_path, "api", HTTP_WORKERS="2", METRICS_PORT=str(port)
+    ) as api:
+        _wait_for(lambda: _listening(api.service.port) == 2)
+        for _ in range(30):
+            with httpx.Client(base_url=api.url, timeout=30) as client:  # a new connection each time
+                assert client.get("/health").status_code == 200
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert _value(text, HEALTH) == 30  # the sum over both processes
+        assert "process_resident_memory_bytes" in text
+        assert api.service.stop(signal.SIGTERM) == 0
