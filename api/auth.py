@@ -11,8 +11,9 @@ from pandora_users.observability import metrics as m
 from pandora_users.security.tokens import AccessClaims, TokenInvalid, TokenService
 
 PUBLIC, ADMIN = "pandora-api", "pandora-admin"
-# Returns None (live), "revoked" or "deleted" for a session id.
-SessionState = Callable[[UUID], Awaitable[str | None]]
+# For a session id and its actor: None (live), "revoked" or "deleted", and the actor's consistency mark (None
+# when unknown).
+SessionState = Callable[[UUID, str], Awaitable[tuple[str | None, int | None]]]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Principal:
     role: str
     audience: str
     claims: AccessClaims
+    mark: int | None = None  # the actor's read-your-writes mark, read with the liveness check (None: unknown)
 
     @property
     def actor(self) -> str:
@@ -61,10 +63,10 @@ class Authenticator:
             raise Unauthorized("invalid or expired access token")
         if self.audience == ADMIN and claims.role != "admin":
             raise Forbidden("admin access required")
-        state = await self.session_state(UUID(claims.sid))
+        state, mark = await self.session_state(UUID(claims.sid), claims.sub)
         m.token_validation.labels("access", "valid" if state is None else "revoked").inc()
         if state == "deleted" and self.audience == PUBLIC:
             raise UserNotFound()
         if state is not None:
             raise Unauthorized("session has been revoked")
-        return Principal(UUID(claims.sub), UUID(claims.sid), claims.email, claims.role, claims.aud, claims)
+        return Principal(UUID(claims.sub), UUID(claims.sid), claims.email, claims.role, claims.aud, claims, mark)

@@ -53,7 +53,7 @@ class Consistency:
         self.timeout = timeout
         self._known: dict[tuple[str, ...], tuple[float, int]] = {}  # projections -> (when read, position)
 
-    def _mark_key(self, actor: str) -> str:
+    def mark_key(self, actor: str) -> str:
         return f"{self.prefix}consistency:{actor}"
 
     async def remember(self, actor: str, position: int | None) -> None:
@@ -61,7 +61,7 @@ class Consistency:
         if position is None:
             return
         try:
-            key = self._mark_key(actor)
+            key = self.mark_key(actor)
             await self.redis.eval(_RAISE_MARK, 1, key, position, ACTOR_MARK_TTL)
         except RedisError as exc:
             logger.warning("consistency mark not recorded: {}", type(exc).__name__)
@@ -70,26 +70,32 @@ class Consistency:
         if actor is None:
             return 0
         try:
-            value = await self.redis.get(self._mark_key(actor))
+            value = await self.redis.get(self.mark_key(actor))
         except RedisError:
             return 0
         return int(value) if value else 0
 
-    async def wait(self, projections: Sequence[str], *, header: str | None, actor: str | None) -> int:
-        """Wait until every projection has processed the wanted position; returns the position reached."""
+    async def wait(
+        self, projections: Sequence[str], *, header: str | None, actor: str | None, mark: int | None = None
+    ) -> int:
+        """Wait until every projection has processed the wanted position; returns the position reached.
+
+        `mark` is the actor's mark when the caller has read it already (with the session check).
+        """
         wanted = 0
         if header is not None:
             wanted = parse_token(header)
             head = await self.pool.fetchval("SELECT coalesce(max(notification_id), 0) FROM pandora_events")
             if wanted > head:
                 raise InvalidRequest(details=[FieldError("X-Consistency-Token", "beyond the end of the log")])
-        wanted = max(wanted, await self._actor_mark(actor))
+        wanted = max(wanted, mark if mark is not None else await self._actor_mark(actor))
         started = time.monotonic()
-        if wanted == 0:
-            known = self._known.get(tuple(projections))
-            if known is not None and started - known[0] < FRESH_ENOUGH:
-                m.consistency_wait.labels("immediate").observe(0.0)
-                return known[1]
+        known = self._known.get(tuple(projections))
+        # Positions only grow: a position known to be reached that covers the wanted one needs no query. With
+        # nothing wanted it only feeds the response's token, so it may be a little old.
+        if known is not None and known[1] >= wanted and (wanted > 0 or started - known[0] < FRESH_ENOUGH):
+            m.consistency_wait.labels("immediate").observe(0.0)
+            return known[1]
         deadline = started + self.timeout
         delay = 0.002
         while True:

@@ -1,8 +1,12 @@
-"""The session-liveness check of SPEC §6.6: Redis first (one lookup), PostgreSQL when Redis fails."""
+"""The session-liveness check of SPEC §6.6: Redis first (one lookup), PostgreSQL when Redis fails.
+
+An authenticated request also needs its actor's read-your-writes mark (SPEC §2.10), another Redis key: both are
+read in the one round trip (`state_and_mark`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -12,17 +16,26 @@ from redis.exceptions import RedisError
 
 from pandora_users.commands.base import EndedSession
 from pandora_users.observability import metrics as m
-from projections.revocations import is_revoked, record_revocations
+from projections.revocations import is_revoked, record_revocations, revocation_key
 
 DELETED_REASONS = ("account_deleted", "account_erased")
 
 
 class SessionLiveness:
-    def __init__(self, redis: Redis, pool: asyncpg.Pool, *, prefix: str, access_ttl: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        *,
+        prefix: str,
+        access_ttl: float,
+        mark_key: Callable[[str], str] | None = None,
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.prefix = prefix
         self.access_ttl = access_ttl
+        self.mark_key = mark_key
 
     async def state(self, session_id: UUID) -> str | None:
         """None when live, else `revoked` or `deleted` (the account was deleted or erased)."""
@@ -33,6 +46,22 @@ class SessionLiveness:
         else:
             m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
             return state
+        return await self._from_postgres(session_id)
+
+    async def state_and_mark(self, session_id: UUID, actor: str) -> tuple[str | None, int | None]:
+        """The session's state and the actor's consistency mark (None: unknown, read it again), in one MGET."""
+        if self.mark_key is None:
+            return await self.state(session_id), None
+        try:
+            raw_state, raw_mark = await self.redis.mget(revocation_key(self.prefix, session_id), self.mark_key(actor))
+        except (RedisError, OSError) as exc:
+            logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
+            return await self._from_postgres(session_id), None
+        state = None if raw_state is None else raw_state.decode() if isinstance(raw_state, bytes) else str(raw_state)
+        m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
+        return state, int(raw_mark) if raw_mark else 0
+
+    async def _from_postgres(self, session_id: UUID) -> str | None:
         row = await self.pool.fetchrow("SELECT ended_at, end_reason FROM sessions WHERE id = $1", session_id)
         if row is None:
             state = "deleted"  # erasure deletes the session rows

@@ -130,18 +130,22 @@ def edge_config(settings: Settings) -> EdgeConfig:
 
 def api_deps(runtime: Runtime, audience: str = PUBLIC) -> ApiDeps:
     settings = runtime.settings
-    liveness = SessionLiveness(
-        runtime.redis, runtime.db, prefix=settings.redis_key_prefix, access_ttl=settings.jwt_access_token_expiry
-    )
-    runtime.write.on_sessions_ended = liveness.record
     consistency = Consistency(
         runtime.db, runtime.redis, prefix=settings.redis_key_prefix, timeout=settings.consistency_wait_timeout
     )
+    liveness = SessionLiveness(
+        runtime.redis,
+        runtime.db,
+        prefix=settings.redis_key_prefix,
+        access_ttl=settings.jwt_access_token_expiry,
+        mark_key=consistency.mark_key,
+    )
+    runtime.write.on_sessions_ended = liveness.record
     return ApiDeps(
         write=runtime.write,
         store=runtime.store,
         tokens=runtime.tokens,
-        authenticator=Authenticator(runtime.tokens, liveness.state, audience=audience),
+        authenticator=Authenticator(runtime.tokens, liveness.state_and_mark, audience=audience),
         consistency=consistency,
         pool=runtime.db,
         redis=runtime.redis,

@@ -2,7 +2,7 @@
 
 1. Create `<name>_vN+1` like the live table (the table behind the view), without its secondary indexes.
 2. Fill it from position 1 in large batches (one transaction each, tracked as `<name>#rebuild`); build the
-   indexes; catch up to the head. The live projection keeps serving and writing the old table meanwhile.
+   indexes; ANALYZE it; catch up to the head. The live projection keeps serving and writing the old table meanwhile.
 3. Swap in one transaction: lock the view against writers, lock the live tracking row, apply the events the
    live projection has and the new table lacks (or move the live position up to the new table's), point the
    view at the new table, and bump the epoch, so an in-flight live batch fails its compare-and-set and
@@ -222,6 +222,9 @@ def rebuild(
         events = _fill(filler, store, progress_callback)
         for statement in deferred:
             lease.execute(statement)
+        # Column statistics before the swap (autovacuum may be off or late): without them every filter gets a
+        # default selectivity, and the plans of the list and search queries are chosen blind.
+        lease.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(new)))
         events += _fill(filler, store, progress_callback)
         position, swapped = _swap(store, target, new, filler)
         lease.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(old)))

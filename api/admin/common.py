@@ -40,7 +40,7 @@ async def admin_read(
     if not projections:
         return principal, 0
     header = request.headers.get("x-consistency-token")
-    reached = await deps.consistency.wait(projections, header=header, actor=principal.actor)
+    reached = await deps.consistency.wait(projections, header=header, actor=principal.actor, mark=principal.mark)
     return principal, reached
 
 

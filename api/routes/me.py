@@ -46,7 +46,7 @@ class MeController(Controller):
     async def me(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[UserDTO]:
         principal = await authenticate(request, deps)
         header = request.headers.get("x-consistency-token")
-        reached = await deps.consistency.wait(("users",), header=header, actor=principal.actor)
+        reached = await deps.consistency.wait(("users",), header=header, actor=principal.actor, mark=principal.mark)
         row = await get_user(deps.pool, principal.user_id)
         if row is None or not row["is_active"]:
             raise UserNotFound()

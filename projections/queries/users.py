@@ -6,6 +6,7 @@ envelope of §2.8. Lists are newest first (`created_at` then `id`, descending) w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,10 @@ LIVE = "deleted_at IS NULL AND erased_at IS NULL"
 MAX_QUERY_LENGTH = 256
 # The expression of the trigram index (schema/sql/003_read_models.sql); a search must use it verbatim.
 SEARCH_TEXT = "(coalesce(email, '') || ' ' || first_name || ' ' || last_name)"
+# Up to this many matches a search page sorts the trigram index's hits; above, it walks the created_at index.
+TRIGRAM_FIRST_MAX = 1000
+
+Statement = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
@@ -114,17 +119,37 @@ def clean_query(query: str) -> str:
     return text
 
 
+def _visible(include_deleted: bool) -> str:
+    return LIVE if not include_deleted else "erased_at IS NULL"
+
+
+def _matches(p: str) -> list[str]:
+    """The index's expression (the trigram index answers it), then each field: a match across the joins never counts."""
+    return [f"{SEARCH_TEXT} ILIKE {p}", f"(email ILIKE {p} OR first_name ILIKE {p} OR last_name ILIKE {p})"]
+
+
 def search_where(query: str, include_deleted: bool) -> Where:
     """Case-insensitive substring of email, first or last name; erased users never match."""
     where = Where()
-    where.add(LIVE if not include_deleted else "erased_at IS NULL")
-    p = where.arg(f"%{escape_like(query)}%")
-    where.conditions.append(f"{SEARCH_TEXT} ILIKE {p}")  # the trigram index's expression
-    where.conditions.append(f"(email ILIKE {p} OR first_name ILIKE {p} OR last_name ILIKE {p})")
+    where.add(_visible(include_deleted))
+    where.conditions.extend(_matches(where.arg(f"%{escape_like(query)}%")))
     return where
 
 
-def rows_sql(where: Where, key: list[Any] | None, page: PageRequest) -> tuple[str, list[Any]]:
+def search_hits(query: str, include_deleted: bool) -> tuple[str, Where]:
+    """The same search as `search_where`, as a source that finds the matches through the trigram index first.
+
+    `OFFSET 0` fences the subquery: the planner can neither flatten it nor push the ORDER BY or the visibility
+    filter into it, so it cannot walk a created_at index filtering every row (what it picks when it believes few
+    rows exist, as right after a bulk load or a rebuild, before any ANALYZE).
+    """
+    where = Where()
+    matches = Where(_matches(where.arg(f"%{escape_like(query)}%")))  # its `$1` is the outer statement's
+    where.add(_visible(include_deleted))
+    return f"({select(COLUMNS, 'users', matches, ' OFFSET 0')}) AS hits", where
+
+
+def rows_sql(where: Where, key: list[Any] | None, page: PageRequest, source: str = "users") -> tuple[str, list[Any]]:
     """The page's SELECT (keyset after `key` when paging by cursor; one extra row tells if more follow)."""
     rows = where.copy()
     if key is not None:
@@ -136,25 +161,29 @@ def rows_sql(where: Where, key: list[Any] | None, page: PageRequest) -> tuple[st
             raise invalid("cursor", "invalid cursor") from None
         rows.add("(created_at, id) < ({}, {})", parse_ts(key[0], "cursor"), last_id)
     limit, offset = rows.arg(page.limit + 1), rows.arg(page.offset)
-    return select(
-        COLUMNS, "users", rows, f" ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {offset}"
-    ), rows.args
+    return select(COLUMNS, source, rows, f" ORDER BY created_at DESC, id DESC LIMIT {limit} OFFSET {offset}"), rows.args
 
 
 async def _page(
-    pool: asyncpg.Pool, where: Where, print_: str, page: PageRequest, now: datetime | None
+    pool: asyncpg.Pool,
+    count: Statement,
+    rows_for: Callable[[int], Statement],
+    print_: str,
+    page: PageRequest,
+    now: datetime | None,
 ) -> dict[str, Any]:
-    text, args = rows_sql(where, decode_cursor(page, print_), page)
+    """The total, then the rows of the statement `rows_for(total)` picks, in one snapshot."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        rows = await conn.fetch(text, *args)
-        total = await conn.fetchval(select("count(*)", "users", where), *where.args)
+        total = int(await conn.fetchval(count[0], *count[1]))
+        text, args = rows_for(total)
+        rows = await conn.fetch(text, *args) if total else []
     more, rows = len(rows) > page.limit, rows[: page.limit]
     next_cursor = None
     if more:
         last = rows[-1]
         next_cursor = encode_cursor([format_ts(last["created_at"]), str(last["id"])], print_)
     at = now or datetime.now(UTC)
-    return envelope("users", [to_dto(row, at) for row in rows], int(total), page, next_cursor)
+    return envelope("users", [to_dto(row, at) for row in rows], total, page, next_cursor)
 
 
 async def list_users(
@@ -163,7 +192,9 @@ async def list_users(
     """`GET /users`: `{"users": [AdminUserDTO], "total", "limit", "offset", "next_cursor"}`."""
     filters.validate()
     print_ = fingerprint("users", asdict(filters))
-    return await _page(pool, list_where(filters), print_, page, now)
+    where = list_where(filters)
+    rows = rows_sql(where, decode_cursor(page, print_), page)
+    return await _page(pool, (select("count(*)", "users", where), where.args), lambda _: rows, print_, page, now)
 
 
 async def search_users(
@@ -174,10 +205,20 @@ async def search_users(
     *,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """`GET /users/search`: the list envelope; `%` and `_` in `query` are literal."""
+    """`GET /users/search`: the list envelope; `%` and `_` in `query` are literal.
+
+    The total comes through the trigram index; a page of up to TRIGRAM_FIRST_MAX matches too (sorting a few
+    matches beats filtering the created_at index), a page of more walks the created_at index, which soon meets
+    enough of them.
+    """
     text = clean_query(query)
     print_ = fingerprint("users/search", {"query": text, "include_deleted": include_deleted})
-    return await _page(pool, search_where(text, include_deleted), print_, page, now)
+    key = decode_cursor(page, print_)
+    source, hits = search_hits(text, include_deleted)
+    few = rows_sql(hits, key, page, source)
+    many = rows_sql(search_where(text, include_deleted), key, page)
+    count = (select("count(*)", source, hits), hits.args)
+    return await _page(pool, count, lambda total: few if total <= TRIGRAM_FIRST_MAX else many, print_, page, now)
 
 
 async def get_user(pool: asyncpg.Pool, user_id: UUID, *, now: datetime | None = None) -> dict[str, Any]:

@@ -79,18 +79,19 @@ def _per_process_health_counts(metrics_dir: Path) -> dict[int, float]:
     return counts
 
 
-def _wait_for(predicate: object, timeout: float = 30) -> None:
+def _wait_for(predicate: object, timeout: float = 90, log: Path | None = None) -> None:
+    """Poll `predicate` (a worker's start-up takes seconds, many more on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
         time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+    raise AssertionError("condition not met in time" + (f":\n{log.read_text()[-4000:]}" if log else ""))
 
 
 def test_the_workers_share_the_load_and_their_counts_add_up(workers_api: tuple[Api, Path]) -> None:
     api, metrics_dir = workers_api
-    _wait_for(lambda: _listening(api.service.port) == 3)
+    _wait_for(lambda: _listening(api.service.port) == 3, log=api.service.log)
     before = sum(_per_process_health_counts(metrics_dir).values())
 
     def burst(_: int) -> int:
@@ -112,7 +113,7 @@ def test_the_workers_share_the_load_and_their_counts_add_up(workers_api: tuple[A
 def test_a_killed_worker_is_replaced_and_nothing_is_refused(workers_api: tuple[Api, Path]) -> None:
     api, _ = workers_api
     _wait_for(lambda: len(_workers(api)) == 2)
-    _wait_for(lambda: _listening(api.service.port) == 3)
+    _wait_for(lambda: _listening(api.service.port) == 3, log=api.service.log)
     victim = min(_workers(api))
     os.kill(victim, signal.SIGKILL)
     with httpx.Client(base_url=api.url, timeout=30) as client:
@@ -159,7 +160,7 @@ def test_the_api_role_exposes_its_workers_summed_counts_on_metrics_port(
     with spawn_service(
         server_url, template_db, redis_url, tmp_path, "api", HTTP_WORKERS="2", METRICS_PORT=str(port)
     ) as api:
-        _wait_for(lambda: _listening(api.service.port) == 2)
+        _wait_for(lambda: _listening(api.service.port) == 2, log=api.service.log)
         for _ in range(30):
             with httpx.Client(base_url=api.url, timeout=30) as client:  # a new connection each time
                 assert client.get("/health").status_code == 200

@@ -22,7 +22,7 @@ from pandora_users.store.app import EventStore
 from projections.event_log import event_id
 from projections.queries import read_model_position
 from projections.queries.events import global_events, user_history
-from projections.queries.pagination import PageRequest
+from projections.queries.pagination import PageRequest, select
 from projections.queries.users import (
     UserFilters,
     active_sessions,
@@ -30,8 +30,8 @@ from projections.queries.users import (
     list_users,
     list_where,
     rows_sql,
+    search_hits,
     search_users,
-    search_where,
     user_stats,
 )
 from projections.rebuild import rebuild_all
@@ -214,6 +214,31 @@ async def test_search_is_a_literal_case_insensitive_substring(
         assert refused.value.details[0].field == "query"
 
 
+async def test_search_pages_alike_whichever_plan_serves_them(
+    pool: asyncpg.Pool, directory: dict[str, uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few matches are sorted from the trigram index's hits, many are met walking created_at: same pages."""
+    import projections.queries.users as queries
+
+    async def walk(query: str, include_deleted: bool) -> list[dict[str, Any]]:
+        pages = [await search_users(pool, query, include_deleted, PageRequest(limit=2, offset=1))]
+        pages.append(await search_users(pool, query, include_deleted, PageRequest(limit=2)))
+        while pages[-1]["next_cursor"] is not None:
+            cursor = pages[-1]["next_cursor"]
+            pages.append(await search_users(pool, query, include_deleted, PageRequest(limit=2, cursor=cursor)))
+        return pages
+
+    cases = [(query, deleted) for query in ("e", "example.com", "twin", "nobody") for deleted in (False, True)]
+    few = {case: await walk(*case) for case in cases}
+    monkeypatch.setattr(queries, "TRIGRAM_FIRST_MAX", 0)
+    assert {case: await walk(*case) for case in cases} == few
+    everyone = few[("example.com", True)]
+    assert [i for page in everyone[1:] for i in ids(page)] == newest_first(directory, *ALL[:2], *ALL[3:])
+    assert everyone[0]["total"] == 8 and ids(everyone[0]) == newest_first(directory, *ALL[:2], *ALL[3:])[1:3]
+    nothing = {"users": [], "total": 0, "limit": 2, "next_cursor": None}
+    assert few[("nobody", False)] == [{**nothing, "offset": 1}, {**nothing, "offset": 0}]
+
+
 async def test_erased_users_never_match_and_show_erased_fields(
     pool: asyncpg.Pool, write_side: WriteSide, database_url: str
 ) -> None:
@@ -352,6 +377,17 @@ async def test_global_events_tail_and_filters(pool: asyncpg.Pool, write_side: Wr
             await global_events(pool, w.store, **bad)
 
 
+def search_index_options(conninfo: str) -> list[str]:
+    """The storage options of the trigram index of the table behind `users`."""
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT c.reloptions FROM read_model_tables m JOIN pg_index i ON i.indrelid = to_regclass(m.active_table)"
+            " JOIN pg_class c ON c.oid = i.indexrelid WHERE m.name = 'users' AND c.relname LIKE '%search_trgm_idx'"
+        ).fetchone()
+    assert row is not None
+    return list(row[0] or [])
+
+
 async def test_queries_and_positions_survive_a_rebuild_swap(
     pool: asyncpg.Pool, directory: dict[str, uuid.UUID], event_store: EventStore, database_url: str
 ) -> None:
@@ -359,7 +395,12 @@ async def test_queries_and_positions_survive_a_rebuild_swap(
     history = await user_history(pool, event_store, directory["dee"], PageRequest())
     head = event_store.head_position()
     assert await read_model_position(pool, ["users", "event_log"]) == head
+    assert search_index_options(database_url) == ["gin_pending_list_limit=256"]
     rebuild_all(event_store, database_url)
+    assert search_index_options(database_url) == ["gin_pending_list_limit=256"]  # schema/sql/005
+    with psycopg.connect(database_url) as conn:  # analyzed before the swap
+        analyzed = conn.execute("SELECT count(*) FROM pg_stats WHERE tablename = 'users_v2'").fetchone()
+    assert analyzed is not None and analyzed[0] > 0
     assert await list_users(pool, UserFilters(include_deleted=True), PageRequest()) == before
     assert await user_history(pool, event_store, directory["dee"], PageRequest()) == history
     assert await read_model_position(pool, ["users", "event_log"]) == head
@@ -368,8 +409,11 @@ async def test_queries_and_positions_survive_a_rebuild_swap(
 
 @pytest.mark.slow
 async def test_plans_at_100k_users_use_the_trigram_and_created_at_indexes(database_url: str) -> None:
-    """Plan shape, not timing: search goes through the trigram indexes, the list through the created_at index."""
+    """Plan shape, not timing, over 100,000 users, both right after a bulk load (no statistics: the planner then
+    walked the created_at index filtering every row) and analyzed: search's total and page go through the trigram
+    index, the list through the created_at index."""
     with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE users_v1 SET (autovacuum_enabled = off)")  # no statistics until we ask
         conn.execute(
             "INSERT INTO users_v1 (id, email, first_name, last_name, role, kyc_status, created_at, updated_at,"
             " version, position, deleted_at)"
@@ -378,16 +422,32 @@ async def test_plans_at_100k_users_use_the_trigram_and_created_at_indexes(databa
             " now() - i * interval '1 minute', now(), 1, i, CASE WHEN i % 20 = 0 THEN now() END"
             " FROM generate_series(1, 100000) AS i"
         )
-        conn.execute("ANALYZE users_v1")
     async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
-        plans = {}
-        for label, where in (("search", search_where("user4242@", False)), ("list", list_where(UserFilters()))):
-            text, args = rows_sql(where, None, PageRequest())
-            plans[label] = "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + text, *args))
-        page = await search_users(pool, "user4242@", False, PageRequest())
-    assert page["total"] == 1
-    assert "users_v1_search_trgm_idx" in plans["search"] and "Seq Scan" not in plans["search"], plans["search"]
-    assert "users_v1_live_created_idx" in plans["list"] and "Sort" not in plans["list"], plans["list"]
+
+        async def plans() -> dict[str, str]:
+            source, hits = search_hits("user4242@", False)
+            where = list_where(UserFilters())
+            statements = {
+                "search total": (select("count(*)", source, hits), hits.args),
+                "search page": rows_sql(hits, None, PageRequest(), source),
+                "list page": rows_sql(where, None, PageRequest()),
+            }
+            return {
+                label: "\n".join(r[0] for r in await pool.fetch("EXPLAIN " + text, *args))
+                for label, (text, args) in statements.items()
+            }
+
+        for analyzed in (False, True):
+            if analyzed:
+                await pool.execute("ANALYZE users_v1")
+            for label, plan in (await plans()).items():
+                if label.startswith("search"):
+                    assert "users_v1_search_trgm_idx" in plan and "created_idx" not in plan, (analyzed, plan)
+                    assert "Seq Scan" not in plan, (analyzed, plan)
+                else:
+                    assert "users_v1_live_created_idx" in plan and "Sort" not in plan, (analyzed, plan)
+            page = await search_users(pool, "user4242@", False, PageRequest())
+            assert page["total"] == 1 and page["users"][0]["email"] == "user4242@example.com"
 
 
 def test_search_uses_the_indexed_expression_verbatim() -> None:

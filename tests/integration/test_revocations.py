@@ -157,3 +157,35 @@ async def test_the_check_raises_when_redis_is_unreachable(prefix: str) -> None:
             await record_revocations(client, prefix, TTL, [EndedSession(uuid.uuid4(), uuid.uuid4(), "logout_all")])
     finally:
         await client.aclose()
+
+
+async def test_liveness_and_the_actors_mark_in_one_lookup_with_a_postgres_fallback(
+    write_side: WriteSide, database_url: str, redis_url: str, prefix: str
+) -> None:
+    import asyncpg
+
+    from api.consistency import Consistency
+    from api.revocation import SessionLiveness
+    from tests.e2e.procs import free_port
+
+    grant = await registration.register(
+        write_side, Registration("mark@example.com", PASSWORD, "Ann", "Lee", None, None), Context()
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    live = aioredis.Redis.from_url(redis_url)
+    dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    try:
+        marks = Consistency(pool, live, prefix=prefix, timeout=1)
+        await marks.remember(str(grant.user.id), 42)
+        liveness = SessionLiveness(live, pool, prefix=prefix, access_ttl=TTL, mark_key=marks.mark_key)
+        assert await liveness.state_and_mark(grant.session_id, str(grant.user.id)) == (None, 42)
+        assert await liveness.state_and_mark(grant.session_id, str(uuid.uuid4())) == (None, 0)
+        await record_revocations(live, prefix, TTL, [EndedSession(grant.session_id, grant.user.id, "logout_all")])
+        assert await liveness.state_and_mark(grant.session_id, str(grant.user.id)) == ("revoked", 42)
+        # Redis unreachable: PostgreSQL answers for the session (live: nothing ended it there), the mark is unknown.
+        fallback = SessionLiveness(dead, pool, prefix=prefix, access_ttl=TTL, mark_key=marks.mark_key)
+        assert await fallback.state_and_mark(grant.session_id, str(grant.user.id)) == (None, None)
+    finally:
+        await pool.close()
+        await live.aclose()
+        await dead.aclose()

@@ -345,3 +345,24 @@ def test_from_settings_and_validation() -> None:
         make_hasher(slots=0)
     with pytest.raises(ValueError, match="queue_timeout"):
         make_hasher(timeout=0)
+
+
+async def test_hashing_threads_run_below_the_event_loops_priority() -> None:
+    import os
+
+    from pandora_users.security.hashing import HASHING_NICENESS
+
+    hasher = make_hasher()
+    seen: list[int] = []
+
+    def spy(*_: Any) -> str:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return "$argon2id$spied"
+
+    hasher._argon2.hash = spy  # type: ignore[method-assign,assignment]
+    try:
+        await hasher.hash("a long passphrase")
+    finally:
+        hasher.close()
+    loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, loop_priority + HASHING_NICENESS)]
