@@ -112,7 +112,8 @@ def configure(b: Bench, database_url: str) -> dict[str, str]:
     say(
         f"APP_ENV={app_env}: real Argon2 defaults, JSON logs at warning, EdDSA, data keys, service tokens, "
         f"no Vault/TLS; RATE_LIMIT_ENABLED=false (rate limits DISABLED so the load is not throttled); "
-        f"HTTP_WORKERS={b.args.workers}"
+        f"HTTP_WORKERS={b.args.workers}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')} "
+        "(service and references alike)"
     )
     if pool_max < 25:
         say(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -42,8 +43,8 @@ class KeyStore:
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[UUID, tuple[bytes, float]] = {}
-        # Keys made by `new_key` for a save that may not have committed yet, and when they were made.
-        self._fresh: dict[UUID, float] = {}
+        # Keys made by `new_key` for a save that may not have committed yet, and when they were made (oldest first).
+        self._fresh: OrderedDict[UUID, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, user_id: UUID) -> bytes | None:
@@ -66,9 +67,10 @@ class KeyStore:
         self._remember(user_id, key)
         now = self._clock()
         with self._lock:
-            if len(self._fresh) >= 1024:
-                self._fresh = {u: made for u, made in self._fresh.items() if now - made < FRESH_WINDOW}
+            while self._fresh and now - next(iter(self._fresh.values())) >= FRESH_WINDOW:
+                self._fresh.popitem(last=False)  # the oldest: its save has long finished
             self._fresh[user_id] = now
+            self._fresh.move_to_end(user_id)
         return key, seal(self._kek, key, user_id.bytes)
 
     def forget(self, user_id: UUID) -> None:
@@ -82,9 +84,9 @@ class KeyStore:
         does not have them yet, so dropping one would fail that save. They are kept at most FRESH_WINDOW."""
         now = self._clock()
         with self._lock:
-            keep = {u: made for u, made in self._fresh.items() if now - made < FRESH_WINDOW and u in self._cache}
-            self._cache = {u: (self._cache[u][0], made + FRESH_WINDOW) for u, made in keep.items()}
-            self._fresh = keep
+            keep = [(u, made) for u, made in self._fresh.items() if now - made < FRESH_WINDOW and u in self._cache]
+            self._cache = {u: (self._cache[u][0], made + FRESH_WINDOW) for u, made in keep}
+            self._fresh = OrderedDict(keep)
 
     def _remember(self, user_id: UUID, key: bytes) -> None:
         with self._lock:

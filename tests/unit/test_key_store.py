@@ -52,3 +52,13 @@ def test_forget_drops_a_fresh_key_too() -> None:
     keys.forget(user)  # its save failed, or the user was erased
     keys.clear()
     assert keys.get(user) is None
+
+
+def test_the_fresh_keys_are_only_those_of_the_last_window() -> None:
+    clock = Clock()
+    keys = store({}, clock)
+    for _ in range(100):
+        keys.new_key(uuid.uuid4())
+    clock.now += FRESH_WINDOW
+    keys.new_key(uuid.uuid4())
+    assert len(keys._fresh) == 1  # the older ones were dropped on the way, oldest first
