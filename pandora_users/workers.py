@@ -2,9 +2,9 @@
 
 The process running `serve` or `api` binds the public port, serves it itself, and starts HTTP_WORKERS − 1
 children (`python -m pandora_users.workers`) that run the public listener only. Every process binds its own
-socket with SO_REUSEPORT, so the kernel spreads new connections evenly over them (a shared accept queue would
-not: the process that is already awake accepts a whole burst of connections, keep-alive pins them there, and the
-other workers idle).
+socket with SO_REUSEPORT, so the kernel hands each new connection to one of them by a hash of its addresses: many
+connections spread evenly, a handful may not (8/4 of 12 is common). A shared accept queue was worse: the process
+that is already awake accepts a whole burst of connections, keep-alive pins them there, and the others idle.
 
 A child dies with its parent (PR_SET_PDEATHSIG, and it checks the parent once more after arming it), and a child
 that exits while the parent is running is restarted after a pause. On shutdown the parent passes SIGTERM on, so

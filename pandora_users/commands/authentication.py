@@ -90,6 +90,7 @@ async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> 
     """Reserve an attempt, verify exactly once, record the outcome."""
     if not password_form_ok(attempt.password, w.config.password_max_length):
         return Verified(None)
+    w.hasher.refuse_if_full()
     email, key = lockout_key(w, attempt.email)
     user, stored = await w.run(find_account, w, email)
     reservation = await w.run(w.lockout.reserve, key, user.id if user else None, ctx.now)

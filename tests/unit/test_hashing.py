@@ -366,3 +366,20 @@ async def test_hashing_threads_run_below_the_event_loops_priority() -> None:
         hasher.close()
     loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen == [min(19, loop_priority + HASHING_NICENESS)]
+
+
+async def test_a_full_pool_is_refused_before_any_other_work() -> None:
+    hasher = make_hasher(slots=1, queue=1)
+    hasher.refuse_if_full()  # idle: nothing to refuse
+    gate = gated(hasher)
+    running = asyncio.create_task(hasher.hash("one"))
+    await until(lambda: gate.started == 1)
+    hasher.refuse_if_full()  # a slot is taken, the queue still has room
+    waiting = asyncio.create_task(hasher.hash("two"))
+    await until(lambda: hasher.queue_depth == 1)
+    with pytest.raises(ServiceBusy):
+        hasher.refuse_if_full()
+    gate.opened.set()
+    await asyncio.gather(running, waiting)
+    hasher.refuse_if_full()
+    hasher.close()
