@@ -59,6 +59,10 @@ def bearer(header: str | None) -> str | None:
 
 class ServiceAuth:
     def __init__(self, tokens: Sequence[ServiceToken]) -> None:
+        self.replace(tokens)
+
+    def replace(self, tokens: Sequence[ServiceToken]) -> None:
+        """Take a new set of service tokens (a Vault refresh); calls in flight keep the caller they had."""
         self._entries = tuple(_Entry(_digest(t.token.get()), Caller(t.name, t.allowed_rpcs)) for t in tokens)
 
     @property

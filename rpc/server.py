@@ -74,6 +74,9 @@ def rpc_deps(runtime: Runtime, feed: EventFeed, idempotency: IdempotencyStore | 
     if idempotency is None:
         key = crypto_keys(s)["data_encryption_key"]
         idempotency = IdempotencyStore(runtime.redis, s.redis_key_prefix, key, ttl=s.idempotency_ttl)
+    auth = ServiceAuth(s.service_tokens)
+    if runtime.refresher is not None:
+        runtime.refresher.on_service_tokens = auth.replace  # SERVICE_TOKENS are applied on refresh (SPEC §10.3)
     return RpcDeps(
         write=runtime.write,
         store=runtime.store,
@@ -82,7 +85,7 @@ def rpc_deps(runtime: Runtime, feed: EventFeed, idempotency: IdempotencyStore | 
         session_state=liveness.state,
         consistency=consistency,
         idempotency=idempotency,
-        auth=ServiceAuth(s.service_tokens),
+        auth=auth,
         feed=feed,
     )
 

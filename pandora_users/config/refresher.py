@@ -4,7 +4,8 @@ Every `VAULT_REFRESH_INTERVAL` it re-reads Vault and swaps the KeyRing when the 
 secret) changed; it renews a renewable Vault token at two thirds of its TTL; it rescans `JWT_KEYS_DIR` every
 60 s. SIGHUP runs every job at once. A failure keeps the last good keys, logs an ERROR, counts
 `vault_errors_total{operation}` and is retried at the next interval. Secrets read only at start-up that
-changed in Vault are not half-applied: a WARNING says that a restart is needed.
+changed in Vault are not half-applied: a WARNING says that a restart is needed. SERVICE_TOKENS are applied on
+refresh (SPEC §10.3) once the gRPC listener has registered `on_service_tokens`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from pandora_users.config.env_edge import parse_service_tokens
+from pandora_users.config.env_edge import ServiceToken, parse_service_tokens
 from pandora_users.config.secret import Secret
 from pandora_users.config.vault import VaultOverlay, VaultRefreshError, VaultSecrets
 from pandora_users.observability import metrics as m
@@ -70,6 +71,9 @@ class SecretsRefresher:
         if watcher is not None:
             self._due[RESCAN] = now + keys_dir_interval
         self._applied_keys: VaultKeys = (settings.vault_signing_keys, settings.vault_active_kid)
+        # Set by the gRPC listener of this process: it takes new service tokens without a restart.
+        self.on_service_tokens: Callable[[tuple[ServiceToken, ...]], None] | None = None
+        self._applied_service_tokens = settings.service_tokens
         self._applied_secret = settings.jwt_secret
         self._warned_restart: frozenset[str] = frozenset()
         self._warned_keys_removed = False
@@ -173,6 +177,7 @@ class SecretsRefresher:
                 logger.error("Vault refresh failed, keeping the last good values: {}", exc)
             m.vault_errors.labels(REFRESH).inc()
             return False
+        self._apply_service_tokens(self.overlay.latest or secrets)
         self._warn_restart_needed(self.overlay.latest or secrets)
         if keyset is None:
             return False
@@ -204,8 +209,20 @@ class SecretsRefresher:
         keys = {kid: pem.get() for kid, pem in (secrets.signing_keys or {}).items()}
         return load_eddsa_mapping(keys, secrets.active_kid)
 
+    def _apply_service_tokens(self, latest: VaultSecrets) -> None:
+        """Hand changed, valid service tokens to the gRPC listener (names only in the log, never tokens)."""
+        if self.on_service_tokens is None or latest.service_tokens is None:
+            return
+        tokens, problems = parse_service_tokens(latest.service_tokens.get())
+        if problems or tokens == self._applied_service_tokens:
+            return  # invalid ones never get here: the overlay fails that refresh (counted, logged)
+        self.on_service_tokens(tokens)
+        self._applied_service_tokens = tokens
+        logger.info("service tokens updated from Vault: {}", ", ".join(t.name for t in tokens))
+
     def _warn_restart_needed(self, latest: VaultSecrets) -> None:
-        changed = frozenset(restart_needed(self.settings, latest)) | {name for name, _ in latest.problems}
+        live = frozenset({"SERVICE_TOKENS"}) if self.on_service_tokens is not None else frozenset()
+        changed = frozenset(restart_needed(self.settings, latest)) - live | {name for name, _ in latest.problems}
         if changed and changed != self._warned_restart:
             logger.warning(
                 "{} changed in Vault (or are no longer valid there): the values read at start-up stay in use "

@@ -26,6 +26,7 @@ from pandora_users.bootstrap import signing_keys
 from pandora_users.config.refresher import SecretsRefresher
 from pandora_users.config.settings import Settings, load_settings
 from pandora_users.config.vault import VaultOverlay
+from pandora_users.domain.errors import Unauthorized
 from pandora_users.infra.embedded import free_port
 from pandora_users.security.keys import KeyRing, jwks
 from pandora_users.security.tokens import TokenInvalid, TokenService
@@ -204,6 +205,42 @@ async def test_invalid_keys_in_vault_are_counted_and_start_up_only_changes_ask_f
         assert len(warnings) == 1 and "DB_PASSWORD, SERVICE_TOKENS" in warnings[0]
         assert not any("db-secret" in line or "t" * 40 in line for line in lines)
         assert settings.db_password is not None and settings.db_password.get() == "db-secret-one"
+    finally:
+        stop_capture()
+        await refresher.stop()
+
+
+async def test_service_tokens_are_applied_on_refresh_when_a_grpc_listener_takes_them(
+    bao: Bao,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SPEC §10.3: SERVICE_TOKENS are read at start-up and on refresh."""
+    from rpc.auth import ServiceAuth
+
+    path, base = new_path()
+    write(bao, base, "jwt", {"signing_keys": {"kid-a": ed25519_pem()}})
+    write(bao, base, "grpc", {"service_tokens": "wallet:" + "w" * 40})
+    settings = settings_for(bao, path, tmp_path)
+    refresher = refresher_for(settings, bao.addr, bao.root_token, bao.ca_cert)
+    auth = ServiceAuth(settings.service_tokens)
+    refresher.on_service_tokens = auth.replace
+    lines, stop_capture = captured("INFO")
+    try:
+        assert auth.authenticate("Bearer " + "w" * 40).name == "wallet"
+        write(bao, base, "grpc", {"service_tokens": "billing:" + "b" * 40 + ":GetUser"})
+        await refresher.refresh_vault()
+        caller = auth.authenticate("Bearer " + "b" * 40)
+        assert caller.name == "billing" and caller.allowed == frozenset({"GetUser"})
+        with pytest.raises(Unauthorized):
+            auth.authenticate("Bearer " + "w" * 40)  # the replaced token stops working
+        write(bao, base, "grpc", {"service_tokens": "broken"})  # invalid: the last good tokens stay
+        counted = errors("refresh")
+        await refresher.refresh_vault()
+        assert auth.authenticate("Bearer " + "b" * 40).name == "billing"
+        assert errors("refresh") == counted + 1
+        assert any("ERROR" in line and "SERVICE_TOKENS" in line for line in lines)
+        assert not any("WARNING" in line and "SERVICE_TOKENS" in line for line in lines)  # applied, no restart asked
+        assert not any("b" * 40 in line or "w" * 40 in line for line in lines)
     finally:
         stop_capture()
         await refresher.stop()
