@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from pandora_users.commands.base import EndedSession
 from pandora_users.observability import metrics as m
-from projections.revocations import is_revoked, record_revocations, revocation_key
+from projections.revocations import is_revoked, reason_class, record_revocations, revocation_key
 
 DELETED_REASONS = ("account_deleted", "account_erased")
 
@@ -57,7 +57,7 @@ class SessionLiveness:
         except (RedisError, OSError) as exc:
             logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
             return await self._from_postgres(session_id), None
-        state = None if raw_state is None else raw_state.decode() if isinstance(raw_state, bytes) else str(raw_state)
+        state = reason_class(raw_state)
         m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
         return state, int(raw_mark) if raw_mark else 0
 

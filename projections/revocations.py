@@ -76,7 +76,11 @@ async def record_revocations(
 
 async def is_revoked(redis_async: aioredis.Redis, prefix: str, session_id: UUID | str) -> str | None:
     """The reason class of a revoked session, or None. Redis errors propagate: fall back to PostgreSQL."""
-    value = await redis_async.get(revocation_key(prefix, session_id))
+    return reason_class(await redis_async.get(revocation_key(prefix, session_id)))
+
+
+def reason_class(value: bytes | str | None) -> str | None:
+    """A revocation entry's value as text (clients may decode responses or not); None when there is none."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -264,7 +264,13 @@ class PasswordHasher:
     def refuse_if_full(self) -> None:
         """Shed a request that would be refused a slot anyway, before it does any other work (a login's
         account lookup and lockout reservation cost database round trips a busy service cannot spare)."""
-        if self._closed or (self._in_flight >= self._slots and len(self._waiters) >= self._queue_size):
+        if self._closed:
+            raise _busy()
+        if self._in_flight >= self._slots:
+            self._refuse_if_queue_full()
+
+    def _refuse_if_queue_full(self) -> None:
+        if len(self._waiters) >= self._queue_size:
             m.argon2_rejections.labels("queue_full").inc()
             raise _busy()
 
@@ -275,9 +281,7 @@ class PasswordHasher:
             self._in_flight += 1
             self._gauge()
             return
-        if len(self._waiters) >= self._queue_size:
-            m.argon2_rejections.labels("queue_full").inc()
-            raise _busy()
+        self._refuse_if_queue_full()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._gauge()

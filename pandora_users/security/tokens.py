@@ -214,7 +214,7 @@ class TokenService:
         keyset = self._keyring.current  # one snapshot: a concurrent rotation cannot mix two key sets
         known = self._verified.get(token)
         if known is not None and known[0] is keyset:
-            return self._recheck(token, known[1], audience)
+            return self._check_time_and_audience(token, known[1], audience)
         header = _parse_header(token)
         if header["alg"] != keyset.algorithm:
             raise TokenInvalid("bad_signature")  # `none` and every other algorithm: a one-entry allowlist
@@ -222,16 +222,17 @@ class TokenService:
         if key is None:
             raise TokenInvalid("unknown_key")
         payload = self._verified_payload(token, key, keyset.algorithm)
-        claims = self._check_claims(header, payload, audience=None)
+        claims = self._check_time_and_audience(token, self._claims(header, payload), audience)
         self._remember(token, keyset, claims)
-        return self._recheck(token, claims, audience)
+        return claims
 
-    def _recheck(self, token: str, claims: AccessClaims, audience: str | None) -> AccessClaims:
+    def _check_time_and_audience(self, token: str, claims: AccessClaims, audience: str | None) -> AccessClaims:
+        """The checks that can change between two uses of one token: every use runs them, remembered or not."""
         now = self._clock()
         if now >= claims.exp:
             self._verified.pop(token, None)
             raise TokenInvalid("expired")
-        if claims.nbf > now + CLOCK_SKEW_SECONDS or claims.iat > now + CLOCK_SKEW_SECONDS:  # the clock went back
+        if claims.nbf > now + CLOCK_SKEW_SECONDS or claims.iat > now + CLOCK_SKEW_SECONDS:
             raise TokenInvalid("not_yet_valid")
         if audience is not None and claims.aud != audience:
             raise TokenInvalid("wrong_audience")
@@ -260,23 +261,16 @@ class TokenService:
         except ValueError:
             raise TokenInvalid("malformed") from None
 
-    def _check_claims(self, header: dict[str, str], payload: dict[str, Any], audience: str | None) -> AccessClaims:
+    def _claims(self, header: dict[str, str], payload: dict[str, Any]) -> AccessClaims:
+        """Issuer, type and claim shapes: fixed by the signed bytes, checked once per token."""
         if payload.get("iss") != self.issuer:
             raise TokenInvalid("wrong_issuer")
         if header["typ"] != ACCESS_TOKEN_TYPE or payload.get("token_type") != "access":
             raise TokenInvalid("wrong_type")
         try:
-            claims = msgspec.convert(payload, AccessClaims, strict=True)
+            return msgspec.convert(payload, AccessClaims, strict=True)
         except msgspec.ValidationError:
             raise TokenInvalid("malformed") from None
-        now = self._clock()
-        if now >= claims.exp:
-            raise TokenInvalid("expired")
-        if claims.nbf > now + CLOCK_SKEW_SECONDS or claims.iat > now + CLOCK_SKEW_SECONDS:
-            raise TokenInvalid("not_yet_valid")
-        if audience is not None and claims.aud != audience:
-            raise TokenInvalid("wrong_audience")
-        return claims
 
 
 def new_opaque_token() -> tuple[str, bytes]:
