@@ -233,6 +233,12 @@ class Runtime:
         await asyncio.to_thread(self.store.close)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A released connection skips asyncpg's reset query (RESET ALL, UNLISTEN *, advisory unlock...), a
+    round trip per request: no pooled connection sets session state, listens or takes a session lock (LISTEN
+    and advisory locks use their own connections). asyncpg still rolls back an open transaction first."""
+
+
 async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     import asyncpg  # the HTTP/Redis stack loads only in processes that serve
     from redis.asyncio import Redis
@@ -253,7 +259,9 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     )
     keyring = KeyRing(signing_keys(settings))
     tokens = TokenService(keyring, settings.jwt_issuer, settings.jwt_access_token_expiry)
-    db = await asyncpg.create_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max)
+    db = await asyncpg.create_pool(
+        database_url(settings), min_size=1, max_size=settings.db_pool_max, reset=keep_session
+    )
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     from projections.status import projection_lags
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+import uvloop
 from loguru import logger
 
 from api.app import create_public_app, wrap
@@ -93,7 +94,9 @@ def serve(roles: frozenset[str] = ALL_ROLES) -> int:
         store = open_store(settings)
         try:
             ensure_schema(settings, store, migrate=settings.auto_migrate and not worker)
-            return asyncio.run(_serve(settings, store, roles, worker))
+            # uvicorn's `loop="uvloop"` applies only when uvicorn owns the loop; here `serve` does.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(_serve(settings, store, roles, worker))
         finally:
             store.close()
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from pandora_users.commands.base import EndedSession, WriteSide, Written, with_retries
@@ -205,29 +206,36 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
     """SPEC §6.4: rotate with one compare-and-set; a rotated token ends the whole session."""
     if not attempt.refresh_token or len(attempt.refresh_token) > 512:
         raise InvalidRefreshToken()
-    token_hash = hash_opaque_token(attempt.refresh_token)
-    row = await w.run(cred.refresh_token_row, w.store.datastore, token_hash)
-    if (
-        row is None
-        or row["ended_at"] is not None
-        or ctx.now >= row["expires_at"]
-        or row["audience"] != attempt.audience
-    ):
-        raise InvalidRefreshToken()
-    idle = w.config.session_idle_timeout
-    if idle and (ctx.now - row["last_used_at"]).total_seconds() >= idle:
-        raise InvalidRefreshToken()
-    user = await w.run(w.store.load, row["user_id"], user_agg.project)
-    if user is None or not user.is_active or (attempt.audience == "pandora-admin" and user.role != "admin"):
-        raise InvalidRefreshToken()
     new_token, new_hash = new_opaque_token()
-    rotated = row["token_generation"] == row["generation"] and await w.run(
-        _rotate, w, row["id"], row["generation"], new_hash, ctx.now
-    )
+    found = await w.run(_rotate_if_valid, w, hash_opaque_token(attempt.refresh_token), new_hash, attempt.audience, ctx)
+    if found is None:
+        raise InvalidRefreshToken()
+    row, user, rotated = found
     if not rotated:
         await _reuse_detected(w, row["id"], attempt, ctx)
         raise InvalidRefreshToken(audit={"reuse": True, "user_id": str(user.id), "session_id": str(row["id"])})
     return SessionGrant(user, row["id"], row["audience"], new_token, row["expires_at"], row["created_at"], None)
+
+
+def _rotate_if_valid(
+    w: WriteSide, token_hash: bytes, new_hash: bytes, audience: str, ctx: Context
+) -> tuple[dict[str, Any], User, bool] | None:
+    """On the write pool, in one hop: the token's session, its user, then the compare-and-set (False: the token
+    is not the session's current one). None when the token cannot be refreshed. Each step takes its own pooled
+    connection and gives it back: a thread never holds two (the pool is as large as the thread pool)."""
+    row = cred.refresh_token_row(w.store.datastore, token_hash)
+    if row is None or row["ended_at"] is not None or ctx.now >= row["expires_at"] or row["audience"] != audience:
+        return None
+    idle = w.config.session_idle_timeout
+    if idle and (ctx.now - row["last_used_at"]).total_seconds() >= idle:
+        return None
+    user = w.store.load(row["user_id"], user_agg.project)
+    if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
+        return None
+    rotated = row["token_generation"] == row["generation"] and _rotate(
+        w, row["id"], row["generation"], new_hash, ctx.now
+    )
+    return row, user, rotated
 
 
 def _rotate(w: WriteSide, session_id: UUID, generation: int, new_hash: bytes, now: datetime) -> bool:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import get_topic
+from psycopg_pool import ConnectionPool
 
 from pandora_users.domain.events import DomainEvent, UserKycUpdated
 from pandora_users.observability import metrics as m
@@ -27,10 +31,39 @@ CURRENT_COMMAND: ContextVar[str] = ContextVar("pandora_command", default="other"
 APP_NAME = "Pandora"
 EVENTS_TABLE = "pandora_events"
 CONNECT_PARAMS = "PANDORA_POSTGRES_PARAMS"
+# A pooled connection not handed out for this long is pinged before use.
+PING_IF_IDLE_FOR = 1.0
+
+
+class PingIfIdle:
+    """The pool's check when a connection is handed out: ping it only when it has not been handed out for
+    `idle` seconds. The library's pre-ping pings every time, a round trip before every statement of the write
+    side (three per refresh). A connection handed out within `idle` seconds was alive then; one that broke since
+    fails its statement and the pool discards it, as it would between ping and statement.
+
+    A failed ping usually means the server restarted and every pooled connection is dead: the pool would try
+    them one by one, sleeping 1, 2, 4 s between tries, and time out. `on_broken` (the pool's `check`) replaces
+    them all at once instead."""
+
+    def __init__(self, idle: float, on_broken: Callable[[], None] | None = None) -> None:
+        self.idle, self.on_broken = idle, on_broken
+        self._handed_out: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.monotonic()
+        if now - self._handed_out.get(conn, -math.inf) > self.idle:
+            try:
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                if self.on_broken is not None:
+                    self.on_broken()
+                raise
+        self._handed_out[conn] = now
 
 
 class PandoraFactory(PostgresFactory):
-    """The library's PostgreSQL factory, plus the libpq parameters of the URL (sslmode, sslrootcert, ...).
+    """The library's PostgreSQL factory, plus the libpq parameters of the URL (sslmode, sslrootcert, ...), and
+    a pre-ping only of connections idle for a while (`PingIfIdle`).
 
     The library connects with dbname/host/port/user/password only; its pool opens at the first connection, after
     this constructor, so every connection gets the parameters.
@@ -38,9 +71,12 @@ class PandoraFactory(PostgresFactory):
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
-        kwargs = self.datastore.pool.kwargs
-        assert isinstance(kwargs, dict)  # the library passes a dict
-        kwargs.update(parse_qsl(self.env.get(CONNECT_PARAMS) or ""))
+        pool = self.datastore.pool
+        assert isinstance(pool.kwargs, dict)  # the library passes a dict
+        pool.kwargs.update(parse_qsl(self.env.get(CONNECT_PARAMS) or ""))
+        # The library passes `check` only as pre-ping on or off (POSTGRES_PRE_PING); the pool keeps it here.
+        assert pool._check is ConnectionPool.check_connection
+        pool._check = PingIfIdle(PING_IF_IDLE_FOR, on_broken=pool.check)
 
 
 def postgres_env(

@@ -19,14 +19,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from eventsourcing.persistence import OperationalError, StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresDatastore
 from loguru import logger
 from psycopg import Connection, Cursor, Pipeline
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
+from psycopg_pool import PoolTimeout
 
 from pandora_users.store.group_commit import Combiner, Request, Take, sync, translated
+
+
+def connection_lost(error: BaseException) -> bool:
+    """The library's error was caused by a lost connection (a restarted server, a killed backend, a network
+    failure): psycopg's error then has no SQLSTATE, or one of class 08 (connection) or 57 (operator
+    intervention). A lock timeout, a conflict or a pool timeout is not a lost connection."""
+    cause = error.__cause__
+    if not isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError) or isinstance(cause, PoolTimeout):
+        return False
+    return cause.sqlstate is None or cause.sqlstate.startswith(("08", "57"))
 
 
 class CredentialConflict(Exception):
@@ -112,6 +123,7 @@ class PandoraRecorder(PostgresApplicationRecorder):
     # At most 64 savepoints a transaction: their subtransaction ids then fit PostgreSQL's per-backend cache,
     # whose overflow would slow every other session's snapshots while the batch commits.
     max_batch = 64
+    lost_connection_retries = 2
     # Instrumentation: called after each committed transaction with the number of appends it committed.
     on_commit: Callable[[int], None] | None = None
 
@@ -126,9 +138,21 @@ class PandoraRecorder(PostgresApplicationRecorder):
         credential_ops: Sequence[CredentialOp] = (),
         **_: Any,
     ) -> Sequence[int] | None:
-        if self.group_commit and stored_events:
-            return self.combiner.submit(Append(stored_events, credential_ops))
-        return self._insert_alone(stored_events, credential_ops)
+        """Commit them; retried (at most `lost_connection_retries` times) when the connection was lost, as the
+        library retries its own appends: a database restart then costs a reconnect, not a failed command. Even
+        when the lost commit had gone through, a retry writes nothing twice: its version or compare-and-set
+        conflicts and it fails like any conflicting append."""
+        for retry in range(self.lost_connection_retries + 1):
+            try:
+                if self.group_commit and stored_events:
+                    return self.combiner.submit(Append(stored_events, credential_ops))
+                return self._insert_alone(stored_events, credential_ops)
+            except (InterfaceError, OperationalError) as exc:
+                if retry == self.lost_connection_retries or not connection_lost(exc):
+                    raise
+                logger.warning("append: database connection lost ({}); retrying on a new connection", exc)
+                self.datastore.pool.check()  # usually all are lost (a restart): replace them now, not one by one
+        raise AssertionError("unreachable")
 
     def _insert_alone(self, stored_events: Sequence[StoredEvent], ops: Sequence[CredentialOp]) -> list[int]:
         """One transaction: the credential statements (a failed compare-and-set aborts before the lock), the events."""

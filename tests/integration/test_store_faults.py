@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 from pandora_users.domain import session as session_agg
 from pandora_users.domain import user as user_agg
 from pandora_users.store import credentials as cred
-from pandora_users.store.app import EventStore
+from pandora_users.store.app import PING_IF_IDLE_FOR, EventStore, PingIfIdle, postgres_env
 from pandora_users.store.recorder import PandoraRecorder
+from tests.conftest import TEST_KEK
 from tests.unit.given import T0, ctx
 
 WRITERS, EVENTS_PER_WRITER, PER_COMMIT = 8, 500, 10
@@ -103,3 +105,39 @@ def test_connection_killed_between_insert_and_commit_leaves_nothing(
             for t in ("pandora_events", "subject_keys", "credentials")
         ]
     assert counts == [(0,), (0,), (0,)]
+
+
+def _terminate_backend(database_url: str, pid: int) -> None:
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_pooled_connection_is_pinged_only_after_it_was_idle(database_url: str) -> None:
+    check = PingIfIdle(idle=0.3)
+    with psycopg.connect(database_url) as conn:
+        check(conn)  # never handed out before: pinged, and alive
+        _terminate_backend(database_url, conn.info.backend_pid)
+        check(conn)  # handed out a moment ago: trusted, no round trip (the broken link is not noticed)
+        time.sleep(0.4)
+        with pytest.raises(psycopg.OperationalError):
+            check(conn)  # idle for longer: pinged, so the pool replaces it before anyone uses it
+
+
+@pytest.mark.parametrize("pause", [0.0, PING_IF_IDLE_FOR + 0.2], ids=["retried", "pinged"])
+def test_the_store_recovers_when_the_server_ends_its_connections(database_url: str, pause: float) -> None:
+    """A database restart as the pool sees it. Right after it, the append fails on the dead connection (used a
+    moment ago, so not pinged) and is retried on a new one; after a pause, the pool pings and replaces it."""
+    store = EventStore(postgres_env(database_url, pool_size=1, max_overflow=0, lock_timeout=5), TEST_KEK)
+    try:
+        events = _sessions(store, uuid.uuid4(), 3)  # the one pooled connection has just been used
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 1
+        time.sleep(pause)
+        assert store.append(events) is not None
+        assert store.load(events[0].originator_id, session_agg.project) is not None
+    finally:
+        store.close()
