@@ -21,6 +21,7 @@ from pandora_users.domain.user import User
 from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
+from pandora_users.timestamps import rfc3339
 
 Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
 
@@ -29,7 +30,7 @@ def ts(value: datetime | None) -> str | None:
     """RFC 3339 UTC with exactly six fractional digits and `Z` (SPEC §2.2)."""
     if value is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(value)
 
 
 def ts_epoch(seconds: float) -> str:

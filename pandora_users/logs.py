@@ -11,12 +11,12 @@ import json
 import logging
 import re
 import sys
-from datetime import UTC
 from typing import Any
 
 from loguru import logger
 
 from pandora_users.observability import tracing
+from pandora_users.timestamps import rfc3339
 
 SENSITIVE = frozenset({"password", "passwd", "secret", "token", "authorization", "cookie", "credential"})
 COMPOUNDS = ("api_key", "private_key")
@@ -67,7 +67,7 @@ def _json_sink(message: Any) -> None:
     extra = dict(record["extra"])
     doc: dict[str, Any] = {
         "level": record["level"].name.lower(),
-        "time": record["time"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "time": rfc3339(record["time"]),
         "message": escape(record["message"]),
         "service": extra.pop("service", "pandora-users"),
         "env": extra.pop("env", None),

@@ -7,18 +7,21 @@ forwarder and gRPC `StreamEvents` both use `to_entry`, a pure function of (posit
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import msgspec
 
 from pandora_users.domain import events as ev
 from pandora_users.domain import session as session_agg
 from pandora_users.domain import user as user_agg
+from pandora_users.timestamps import rfc3339
 
 EVENT_ID_NAMESPACE = UUID("9f1c2d3e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
+_NAMESPACE_SHA1 = hashlib.sha1(EVENT_ID_NAMESPACE.bytes, usedforsecurity=False)
 SCHEMA_VERSION = "1"
 ENTRY_FIELDS = (
     "event_id",
@@ -230,15 +233,19 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
         return {name: getattr(self, name) for name in ENTRY_FIELDS}
 
 
-def event_id(aggregate_id: UUID, version: int) -> str:
-    """The deterministic UUID v5 of SPEC §2.3."""
-    return str(uuid5(EVENT_ID_NAMESPACE, f"{aggregate_id}:{version}"))
+def event_id(aggregate_id: UUID | str, version: int) -> str:
+    """The deterministic UUID v5 of SPEC §2.3: `uuid5(EVENT_ID_NAMESPACE, "<aggregate id>:<version>")`, with
+    the namespace's SHA-1 state computed once (uuid5 and UUID objects were a tenth of the forwarder's time)."""
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(f"{aggregate_id}:{version}".encode())
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with exactly six fractional digits and `Z` (SPEC §2.2); naive means UTC."""
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return aware.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+format_timestamp = rfc3339
 
 
 def to_entry(position: int, event: ev.DomainEvent, now: datetime) -> Entry | None:
@@ -248,11 +255,12 @@ def to_entry(position: int, event: ev.DomainEvent, now: datetime) -> Entry | Non
         if type(event).EVENT_TYPE is None:
             return None
         raise UnmappedEvent(f"no integration contract for {type(event).__name__}")
+    aggregate_id = str(event.originator_id)
     return Entry(
-        event_id=event_id(event.originator_id, event.originator_version),
+        event_id=event_id(aggregate_id, event.originator_version),
         event_type=contract.event_type,
-        user_id=str(event.user_id),
-        aggregate_id=str(event.originator_id),
+        user_id=aggregate_id if event.user_id == event.originator_id else str(event.user_id),
+        aggregate_id=aggregate_id,
         aggregate_version=str(event.originator_version),
         position=str(position),
         timestamp=format_timestamp(event.timestamp),

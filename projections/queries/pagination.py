@@ -14,10 +14,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pandora_users.domain.errors import FieldError, InvalidRequest
+from pandora_users.timestamps import rfc3339
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -98,9 +99,7 @@ def decode_cursor(page: PageRequest, print_: str) -> list[Any] | None:
     return key
 
 
-def format_ts(value: datetime) -> str:
-    """RFC 3339 in UTC with exactly six fractional digits and `Z` (SPEC §2.2)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+format_ts = rfc3339
 
 
 def parse_ts(value: object, name: str) -> datetime:

@@ -10,12 +10,17 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pandora_users.domain import events as ev
+from pandora_users.timestamps import rfc3339
 from projections.integration_events import (
     BY_TYPE,
     ENTRY_FIELDS,
+    EVENT_ID_NAMESPACE,
     UnmappedEvent,
+    event_id,
     format_timestamp,
     to_entry,
 )
@@ -212,3 +217,17 @@ def test_timestamps_are_utc_with_six_digits() -> None:
     assert format_timestamp(datetime(2026, 3, 1, 14, 0, tzinfo=plus_two)) == "2026-03-01T12:00:00.000000Z"
     assert format_timestamp(datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=UTC)) == "2026-03-01T12:00:00.000007Z"
     assert TS.match(format_timestamp(datetime.now(UTC)))
+
+
+@given(st.uuids(), st.integers(min_value=1, max_value=2**31))
+def test_the_event_id_is_the_uuid5_of_the_aggregate_and_version(aggregate_id: uuid.UUID, version: int) -> None:
+    expected = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{aggregate_id}:{version}"))
+    assert event_id(aggregate_id, version) == expected == event_id(str(aggregate_id), version)
+
+
+@given(st.datetimes(timezones=st.timezones() | st.none()))
+def test_a_moment_is_written_in_utc_with_six_digits_and_z(moment: datetime) -> None:
+    text = rfc3339(moment)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    assert datetime.fromisoformat(text) == aware
