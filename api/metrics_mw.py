@@ -13,6 +13,22 @@ Scope = dict[str, Any]
 class MetricsMiddleware:
     def __init__(self, app: Any, *, listener: str) -> None:
         self.app, self.listener = app, listener
+        self.active = m.http_active.labels(listener)
+        # Each request's series, looked up once per (method, route, status class): a bounded set.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+    def series(self, method: str, route: str, status: str) -> tuple[Any, Any, Any, Any]:
+        key = (method, route, status)
+        found = self._series.get(key)
+        if found is None:
+            labels = (self.listener, method, route)
+            found = self._series[key] = (
+                m.http_requests.labels(*labels, status),
+                m.http_duration.labels(*labels),
+                m.http_request_size.labels(*labels),
+                m.http_response_size.labels(*labels),
+            )
+        return found
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -34,15 +50,14 @@ class MetricsMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        active = m.http_active.labels(self.listener)
-        active.inc()
+        self.active.inc()
         try:
             await self.app(scope, counting_receive, watch)
         finally:
-            active.dec()
+            self.active.dec()
             route = scope.get("path_template") or "unmatched"
-            method = scope["method"]
-            m.http_requests.labels(self.listener, method, route, m.status_class(status)).inc()
-            m.http_duration.labels(self.listener, method, route).observe(time.perf_counter() - started)
-            m.http_request_size.labels(self.listener, method, route).observe(received)
-            m.http_response_size.labels(self.listener, method, route).observe(sent)
+            count, duration, request_size, response_size = self.series(scope["method"], route, m.status_class(status))
+            count.inc()
+            duration.observe(time.perf_counter() - started)
+            request_size.observe(received)
+            response_size.observe(sent)

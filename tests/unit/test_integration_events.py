@@ -229,5 +229,6 @@ def test_the_event_id_is_the_uuid5_of_the_aggregate_and_version(aggregate_id: uu
 def test_a_moment_is_written_in_utc_with_six_digits_and_z(moment: datetime) -> None:
     text = rfc3339(moment)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    assert datetime.fromisoformat(text) == aware
+    # Compared in UTC: an aware time in a DST gap or fold never equals one of another zone (PEP 495).
+    utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    assert datetime.fromisoformat(text) == utc
