@@ -66,6 +66,10 @@ COLUMNS: dict[str, str] = {
 }
 
 
+# From this many new users in one batch (a rebuild, a catch-up), they are COPYed rather than INSERTed.
+COPY_FROM = 64
+
+
 @dataclass(frozen=True)
 class Statement:
     """A change of one user's row: `insert` a new row, or `update` the given columns to constant values."""
@@ -157,6 +161,13 @@ def _insert_sql(table: str) -> str:
     return sql.SQL(template).format(sql.Identifier(table)).as_string()
 
 
+@functools.lru_cache(maxsize=64)
+def _copy_sql(table: str) -> sql.Composed:
+    return sql.SQL("COPY {} (id, {}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _update_sql(table: str, names: tuple[str, ...]) -> str:
     arrays = ", ".join(["%s::uuid[]", *(f"%s::{COLUMNS[n]}[]" for n in names)])
@@ -175,7 +186,14 @@ def execute(conn: psycopg.Connection[Any], table: str, statements: Sequence[Stat
         if change.op == "update":
             updates.setdefault(tuple(sorted(change.values)), []).append(change)
     with conn.cursor() as cur:
-        if inserts:
+        if len(inserts) >= COPY_FROM:
+            # A rebuild's registrations: binary COPY (rows packed in C) instead of one array per column, which
+            # psycopg dumps element by element in Python (a quarter of a rebuild's time).
+            with cur.copy(_copy_sql(table)) as copy:
+                copy.set_types(["uuid", *COLUMNS.values()])
+                for c in inserts:
+                    copy.write_row([c.id, *(c.values.get(n) for n in COLUMNS)])
+        elif inserts:
             columns = [[c.id for c in inserts]] + [[c.values.get(n) for c in inserts] for n in COLUMNS]
             cur.execute(_insert_sql(table), columns, prepare=True)
         for names, group in updates.items():
