@@ -257,6 +257,16 @@ def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
     return traced(wrap(app, edge, layers), listener="admin")
 
 
+async def _start_workers(settings: Settings, runtime: Runtime) -> HttpWorkers:
+    """The public listener's other worker processes; a SIGHUP to this process reaches them too."""
+    workers = HttpWorkers(settings)
+    await workers.start()
+    refresher = runtime.refresher
+    if refresher is not None and refresher.handles_sighup:  # the children build the same refresher
+        refresher.on_sighup = functools.partial(workers.send, signal.SIGHUP)
+    return workers
+
+
 async def _serve(settings: Settings, store: EventStore, roles: frozenset[str], worker: bool) -> int:
     public_socket = None
     if "public" in roles:
@@ -277,8 +287,7 @@ async def _serve(settings: Settings, store: EventStore, roles: frozenset[str], w
         public = _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings)
         listeners.append((public, [public_socket]))
         if not worker and settings.http_workers > 1:
-            workers = HttpWorkers(settings)
-            await workers.start()
+            workers = await _start_workers(settings, runtime)
     if "admin" in roles:
         app = admin_listener_app(runtime, parts)
         listeners.append((_listener(app, settings.admin_host, settings.admin_port, settings), None))

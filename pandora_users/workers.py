@@ -107,6 +107,13 @@ class HttpWorkers:
         if self._count:
             logger.info("public listener: {} worker processes besides this one", self._count)
 
+    def send(self, sig: signal.Signals) -> None:
+        """Pass a signal on to every live child (SIGHUP: refresh secrets now, as this process does)."""
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
     async def _spawn(self, slot: int) -> None:
         env = {**os.environ, **self._env, PARENT_ENV: str(os.getpid())}
         self._procs[slot] = await asyncio.create_subprocess_exec(sys.executable, "-m", "pandora_users.workers", env=env)
@@ -158,6 +165,9 @@ def _mark_dead(pid: int) -> None:
 
 def main() -> int:
     """A worker child: the public listener only."""
+    # The parent passes SIGHUP on once its own refresher handles it; until this child's refresher does (or if
+    # this child has none), SIGHUP must not end it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from pandora_users.cli import run_guarded
     from pandora_users.serve import serve
 

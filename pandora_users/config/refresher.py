@@ -73,6 +73,8 @@ class SecretsRefresher:
         self._applied_keys: VaultKeys = (settings.vault_signing_keys, settings.vault_active_kid)
         # Set by the gRPC listener of this process: it takes new service tokens without a restart.
         self.on_service_tokens: Callable[[tuple[ServiceToken, ...]], None] | None = None
+        # Set by a process with HTTP worker children: a SIGHUP to it refreshes them too.
+        self.on_sighup: Callable[[], None] | None = None
         self._applied_service_tokens = settings.service_tokens
         self._applied_secret = settings.jwt_secret
         self._warned_restart: frozenset[str] = frozenset()
@@ -96,13 +98,18 @@ class SecretsRefresher:
         """Run the jobs in a task of the running loop; SIGHUP runs them at once (main thread only)."""
         self._task = asyncio.create_task(self._run(), name="secrets-refresher")
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.run_soon)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup_received)
             self._sighup = True
 
     @property
     def handles_sighup(self) -> bool:
         """Whether `start()` installed the SIGHUP handler (only possible in the main thread)."""
         return self._sighup
+
+    def _sighup_received(self) -> None:
+        self.run_soon()
+        if self.on_sighup is not None:
+            self.on_sighup()
 
     def run_soon(self) -> None:
         """Make every job due now (SIGHUP)."""

@@ -16,6 +16,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from tests.e2e.conftest import Api, spawn_service
 from tests.e2e.procs import free_port, run_cli
 from tests.e2e.test_metrics import _value
+from tests.integration.test_vault import ed25519_pem
 
 HEALTH = 'pandora_user_service_http_requests_total{listener="public",method="GET",route="/health",status="2xx"}'
 
@@ -168,3 +169,30 @@ def test_the_api_role_exposes_its_workers_summed_counts_on_metrics_port(
         assert _value(text, HEALTH) == 30  # the sum over both processes
         assert "process_resident_memory_bytes" in text
         assert api.service.stop(signal.SIGTERM) == 0
+
+
+def _kids_seen(url: str, tries: int = 24) -> set[frozenset[str]]:
+    """The JWKS key ids each of `tries` new connections got (the kernel spreads them over the processes)."""
+    seen = set()
+    for _ in range(tries):
+        with httpx.Client() as client:
+            jwks = client.get(f"{url}/.well-known/jwks.json").json()
+        seen.add(frozenset(key["kid"] for key in jwks["keys"]))
+    return seen
+
+
+def test_a_sighup_to_the_parent_refreshes_every_worker(
+    server_url: str, template_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "2026-01-01.pem").write_text(ed25519_pem())
+    with spawn_service(server_url, template_db, redis_url, tmp_path, HTTP_WORKERS="2", JWT_KEYS_DIR=str(keys)) as api:
+        _wait_for(lambda: len(_workers(api)) == 1 and _listening(api.service.port) == 2)
+        children = _workers(api)
+        assert _kids_seen(api.url) == {frozenset({"2026-01-01"})}
+        (keys / "2026-03-01.pem").write_text(ed25519_pem())
+        os.kill(api.service.proc.pid, signal.SIGHUP)  # the 60 s rescan is far away: only the signal can do it
+        both = frozenset({"2026-01-01", "2026-03-01"})
+        _wait_for(lambda: _kids_seen(api.url) == {both}, timeout=15, log=api.service.log)
+        assert _workers(api) == children  # passed on and handled, not a child killed by it and replaced
