@@ -21,20 +21,13 @@ from pandora_users.domain.user import User
 from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
-from pandora_users.timestamps import rfc3339
+from pandora_users.timestamps import rfc3339_or_none
 
 Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
 
 
-def ts(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with exactly six fractional digits and `Z` (SPEC §2.2)."""
-    if value is None:
-        return None
-    return rfc3339(value)
-
-
 def ts_epoch(seconds: float) -> str:
-    return ts(datetime.fromtimestamp(seconds, UTC)) or ""
+    return rfc3339_or_none(datetime.fromtimestamp(seconds, UTC)) or ""
 
 
 @dataclass
@@ -103,8 +96,8 @@ def user_dto(user: User) -> UserDTO:
         role=user.role,
         kyc_status=user.kyc_status,
         email_verified=user.email_verified_at is not None,
-        created_at=ts(user.created_at) or "",
-        updated_at=ts(user.updated_at) or "",
+        created_at=rfc3339_or_none(user.created_at) or "",
+        updated_at=rfc3339_or_none(user.updated_at) or "",
     )
 
 
@@ -118,7 +111,7 @@ def auth_response(tokens: TokenService, grant: SessionGrant) -> AuthResponse:
         session_expires_at=grant.session_expires_at.timestamp(),
         auth_time=grant.auth_time.timestamp(),
     )
-    session_end = ts(grant.session_expires_at) or ""
+    session_end = rfc3339_or_none(grant.session_expires_at) or ""
     return AuthResponse(
         access_token=issued.token,
         refresh_token=grant.refresh_token,

@@ -29,7 +29,7 @@ class SessionLiveness:
         *,
         prefix: str,
         access_ttl: float,
-        mark_key: Callable[[str], str] | None = None,
+        mark_key: Callable[[str], str],
     ) -> None:
         self.redis = redis
         self.pool = pool
@@ -50,8 +50,6 @@ class SessionLiveness:
 
     async def state_and_mark(self, session_id: UUID, actor: str) -> tuple[str | None, int | None]:
         """The session's state and the actor's consistency mark (None: unknown, read it again), in one MGET."""
-        if self.mark_key is None:
-            return await self.state(session_id), None
         try:
             raw_state, raw_mark = await self.redis.mget(revocation_key(self.prefix, session_id), self.mark_key(actor))
         except (RedisError, OSError) as exc:

@@ -10,3 +10,8 @@ def rfc3339(moment: datetime) -> str:
     per cent of a read and of the forwarder.)"""
     utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return utc.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def rfc3339_or_none(moment: datetime | None) -> str | None:
+    """`rfc3339`, with None (a moment that has not happened) staying None."""
+    return None if moment is None else rfc3339(moment)

@@ -245,9 +245,6 @@ def event_id(aggregate_id: UUID | str, version: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-format_timestamp = rfc3339
-
-
 def to_entry(position: int, event: ev.DomainEvent, now: datetime) -> Entry | None:
     """The public entry of a domain event at `position`, or None for internal events. Pure, no I/O."""
     contract = BY_DOMAIN.get(type(event))
@@ -263,7 +260,7 @@ def to_entry(position: int, event: ev.DomainEvent, now: datetime) -> Entry | Non
         aggregate_id=aggregate_id,
         aggregate_version=str(event.originator_version),
         position=str(position),
-        timestamp=format_timestamp(event.timestamp),
+        timestamp=rfc3339(event.timestamp),
         schema_version=SCHEMA_VERSION,
         payload=_json(payload_of(contract, event, now)),
         metadata=_json(metadata_of(event)),
@@ -285,7 +282,7 @@ def payload_of(contract: Contract, event: ev.DomainEvent, now: datetime | None) 
         if field.link_secret and not show_secrets:
             continue
         value = getattr(event, field.name)
-        payload[field.name] = format_timestamp(value) if field.kind == "timestamp" else value
+        payload[field.name] = rfc3339(value) if field.kind == "timestamp" else value
     return payload
 
 

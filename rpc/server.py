@@ -67,10 +67,14 @@ class RpcServer:
 
 def rpc_deps(runtime: Runtime, feed: EventFeed, idempotency: IdempotencyStore | None) -> RpcDeps:
     s = runtime.settings
-    liveness = SessionLiveness(
-        runtime.redis, runtime.db, prefix=s.redis_key_prefix, access_ttl=s.jwt_access_token_expiry
-    )
     consistency = Consistency(runtime.db, runtime.redis, prefix=s.redis_key_prefix, timeout=s.consistency_wait_timeout)
+    liveness = SessionLiveness(
+        runtime.redis,
+        runtime.db,
+        prefix=s.redis_key_prefix,
+        access_ttl=s.jwt_access_token_expiry,
+        mark_key=consistency.mark_key,
+    )
     if idempotency is None:
         key = crypto_keys(s)["data_encryption_key"]
         idempotency = IdempotencyStore(runtime.redis, s.redis_key_prefix, key, ttl=s.idempotency_ttl)

@@ -12,10 +12,11 @@ from litestar import Request, Response
 from api.admin.schemas import AdminUserDTO
 from api.app import strict_body
 from api.auth import Principal
-from api.deps import ApiDeps, note, ts, with_headers
+from api.deps import ApiDeps, note, with_headers
 from api.routes.common import authenticate, parse_id
 from pandora_users.domain.errors import Forbidden
 from pandora_users.domain.user import User
+from pandora_users.timestamps import rfc3339_or_none
 
 OWN_ACCOUNT = "administrators cannot perform this action on their own account"
 
@@ -70,13 +71,13 @@ def admin_user(user: User, now: datetime) -> AdminUserDTO:
         role=user.role,
         kyc_status=user.kyc_status,
         email_verified=user.email_verified_at is not None,
-        created_at=ts(user.created_at) or "",
-        updated_at=ts(user.updated_at) or "",
-        email_verified_at=ts(user.email_verified_at),
+        created_at=rfc3339_or_none(user.created_at) or "",
+        updated_at=rfc3339_or_none(user.updated_at) or "",
+        email_verified_at=rfc3339_or_none(user.email_verified_at),
         is_active=user.is_active,
         is_locked=user.is_locked(now),
-        locked_until=ts(user.locked_until),
-        deleted_at=ts(user.deleted_at),
-        erased_at=ts(user.erased_at),
+        locked_until=rfc3339_or_none(user.locked_until),
+        deleted_at=rfc3339_or_none(user.deleted_at),
+        erased_at=rfc3339_or_none(user.erased_at),
         version=user.version,
     )

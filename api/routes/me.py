@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
-from api.deps import ApiDeps, committed, principal_context, ts, user_dto, with_headers
+from api.deps import ApiDeps, committed, principal_context, user_dto, with_headers
 from api.openapi_docs import CONSISTENCY, CONSISTENCY_TOKEN, ETAG, IF_MATCH, SESSION_ID, route_docs
 from api.routes.common import authenticate, parse_id, parse_if_match
 from api.schemas import (
@@ -22,6 +22,7 @@ from api.schemas import (
 )
 from pandora_users.commands import account, sessions
 from pandora_users.domain.errors import FieldError, InvalidRequest, UserNotFound
+from pandora_users.timestamps import rfc3339_or_none
 from projections.queries.users import get_user
 
 LIVE_SESSIONS = """
@@ -220,8 +221,8 @@ def _session_dto(row: Any, current: object) -> SessionDTO:
         audience=row["audience"],
         ip_address=row["ip_address"],
         user_agent=row["user_agent"],
-        created_at=ts(row["created_at"]) or "",
-        last_used_at=ts(row["last_used_at"]) or "",
-        expires_at=ts(row["expires_at"]) or "",
+        created_at=rfc3339_or_none(row["created_at"]) or "",
+        last_used_at=rfc3339_or_none(row["last_used_at"]) or "",
+        expires_at=rfc3339_or_none(row["expires_at"]) or "",
         current=row["id"] == current,
     )

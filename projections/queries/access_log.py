@@ -13,7 +13,8 @@ import asyncpg
 
 from pandora_users.audit.access_log import COLUMNS
 from pandora_users.audit.vocabulary import CATEGORIES, EVENT_TYPES, SEVERITIES, STATUSES
-from projections.queries.pagination import PageRequest, Where, envelope, fingerprint, format_ts, invalid
+from pandora_users.timestamps import rfc3339
+from projections.queries.pagination import PageRequest, Where, envelope, fingerprint, invalid
 from projections.queries.sessions import newest_first
 
 MAX_TEXT = 256
@@ -78,8 +79,8 @@ def to_dto(row: Any) -> dict[str, Any]:
     dto = {name: row[name] for name in COLUMNS}
     for name in ("id", "user_id", "session_id", "ip_address"):
         dto[name] = None if row[name] is None else str(row[name])
-    dto["created_at"] = format_ts(row["created_at"])
-    dto["retention_until"] = format_ts(row["retention_until"])
+    dto["created_at"] = rfc3339(row["created_at"])
+    dto["retention_until"] = rfc3339(row["retention_until"])
     metadata = row["metadata"]
     dto["metadata"] = json.loads(metadata) if isinstance(metadata, str) else metadata
     return dto

@@ -19,6 +19,7 @@ from eventsourcing.persistence import StoredEvent
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import BY_EVENT_TYPE, DomainEvent
 from pandora_users.store.app import EVENTS_TABLE, EventStore
+from pandora_users.timestamps import rfc3339
 from projections.integration_events import audit_payload, metadata_of
 from projections.queries.pagination import (
     MAX_LIMIT,
@@ -28,7 +29,6 @@ from projections.queries.pagination import (
     encode_cursor,
     envelope,
     fingerprint,
-    format_ts,
     invalid,
     select,
 )
@@ -61,7 +61,7 @@ def to_dto(row: Any, event: DomainEvent) -> dict[str, Any]:
         "user_id": str(row["user_id"]),
         "aggregate_id": str(row["aggregate_id"]),
         "aggregate_version": row["aggregate_version"],
-        "timestamp": format_ts(row["timestamp"]),
+        "timestamp": rfc3339(row["timestamp"]),
         "schema_version": row["schema_version"],
         "payload": audit_payload(event),
         "metadata": metadata_of(event),

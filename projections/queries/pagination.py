@@ -74,7 +74,7 @@ def fingerprint(kind: str, filters: Mapping[str, Any]) -> str:
 
 
 def _plain(value: object) -> str:
-    return format_ts(value) if isinstance(value, datetime) else str(value)
+    return rfc3339(value) if isinstance(value, datetime) else str(value)
 
 
 def encode_cursor(key: Sequence[Any], print_: str) -> str:
@@ -97,9 +97,6 @@ def decode_cursor(page: PageRequest, print_: str) -> list[Any] | None:
         raise invalid("cursor", "cursor was issued for other filters")
     key: list[Any] = data["k"]
     return key
-
-
-format_ts = rfc3339
 
 
 def parse_ts(value: object, name: str) -> datetime:

@@ -17,6 +17,7 @@ import asyncpg
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import ERASED, UserRegistered
 from pandora_users.store.app import EVENTS_TABLE
+from pandora_users.timestamps import rfc3339, rfc3339_or_none
 from projections.queries.pagination import (
     PageRequest,
     Where,
@@ -24,7 +25,6 @@ from projections.queries.pagination import (
     encode_cursor,
     envelope,
     fingerprint,
-    format_ts,
     invalid,
     parse_ts,
     select,
@@ -68,7 +68,7 @@ async def newest_first(
     more, rows = len(rows) > page.limit, rows[: page.limit]
     next_cursor = None
     if more:
-        next_cursor = encode_cursor([format_ts(rows[-1]["created_at"]), str(rows[-1]["id"])], print_)
+        next_cursor = encode_cursor([rfc3339(rows[-1]["created_at"]), str(rows[-1]["id"])], print_)
     return Page(list(rows), int(total), next_cursor)
 
 
@@ -76,10 +76,6 @@ def _live(where: Where, now: datetime, idle_timeout: float) -> None:
     where.add("s.ended_at IS NULL AND s.expires_at > {}", now)
     if idle_timeout > 0:
         where.add("s.last_used_at > {}", now - timedelta(seconds=idle_timeout))
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else format_ts(value)
 
 
 def to_dto(row: Any, now: datetime, idle_timeout: float) -> dict[str, Any]:
@@ -91,15 +87,15 @@ def to_dto(row: Any, now: datetime, idle_timeout: float) -> dict[str, Any]:
         "audience": row["audience"],
         "ip_address": row["ip_address"],
         "user_agent": row["user_agent"],
-        "created_at": format_ts(row["created_at"]),
-        "last_used_at": format_ts(row["last_used_at"]),
-        "expires_at": format_ts(row["expires_at"]),
+        "created_at": rfc3339(row["created_at"]),
+        "last_used_at": rfc3339(row["last_used_at"]),
+        "expires_at": rfc3339(row["expires_at"]),
         "user_id": str(row["user_id"]),
         "email": _email(row),
         "first_name": row["first_name"],
         "last_name": row["last_name"],
         "status": status,
-        "ended_at": _ts(row["ended_at"]),
+        "ended_at": rfc3339_or_none(row["ended_at"]),
         "end_reason": row["end_reason"] if row["ended_at"] is not None else None,
     }
 

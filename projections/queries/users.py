@@ -17,6 +17,7 @@ import asyncpg
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import ERASED
 from pandora_users.domain.user import KYC_STATUSES, ROLES
+from pandora_users.timestamps import rfc3339, rfc3339_or_none
 from projections.queries.pagination import (
     PageRequest,
     Where,
@@ -24,7 +25,6 @@ from projections.queries.pagination import (
     encode_cursor,
     envelope,
     fingerprint,
-    format_ts,
     invalid,
     parse_ts,
     select,
@@ -65,10 +65,6 @@ class UserFilters:
                 raise invalid(name, "must be an RFC 3339 timestamp with an offset")
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else format_ts(value)
-
-
 def to_dto(row: Any, now: datetime) -> dict[str, Any]:
     """An AdminUserDTO from a users row (`[erased]` personal fields after erasure)."""
     locked_until = row["locked_until"]
@@ -80,14 +76,14 @@ def to_dto(row: Any, now: datetime) -> dict[str, Any]:
         "role": row["role"],
         "kyc_status": row["kyc_status"],
         "email_verified": row["email_verified_at"] is not None,
-        "email_verified_at": _ts(row["email_verified_at"]),
-        "created_at": format_ts(row["created_at"]),
-        "updated_at": format_ts(row["updated_at"]),
+        "email_verified_at": rfc3339_or_none(row["email_verified_at"]),
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
         "is_active": row["deleted_at"] is None and row["erased_at"] is None,
         "is_locked": locked_until is not None and locked_until > now,
-        "locked_until": _ts(locked_until),
-        "deleted_at": _ts(row["deleted_at"]),
-        "erased_at": _ts(row["erased_at"]),
+        "locked_until": rfc3339_or_none(locked_until),
+        "deleted_at": rfc3339_or_none(row["deleted_at"]),
+        "erased_at": rfc3339_or_none(row["erased_at"]),
         "version": row["version"],
     }
 
@@ -181,7 +177,7 @@ async def _page(
     next_cursor = None
     if more:
         last = rows[-1]
-        next_cursor = encode_cursor([format_ts(last["created_at"]), str(last["id"])], print_)
+        next_cursor = encode_cursor([rfc3339(last["created_at"]), str(last["id"])], print_)
     at = now or datetime.now(UTC)
     return envelope("users", [to_dto(row, at) for row in rows], total, page, next_cursor)
 

@@ -21,7 +21,6 @@ from projections.integration_events import (
     EVENT_ID_NAMESPACE,
     UnmappedEvent,
     event_id,
-    format_timestamp,
     to_entry,
 )
 from tests.unit.given import T0
@@ -214,9 +213,9 @@ def test_metadata_keeps_only_spec_keys_with_values() -> None:
 
 def test_timestamps_are_utc_with_six_digits() -> None:
     plus_two = timezone(timedelta(hours=2))
-    assert format_timestamp(datetime(2026, 3, 1, 14, 0, tzinfo=plus_two)) == "2026-03-01T12:00:00.000000Z"
-    assert format_timestamp(datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=UTC)) == "2026-03-01T12:00:00.000007Z"
-    assert TS.match(format_timestamp(datetime.now(UTC)))
+    assert rfc3339(datetime(2026, 3, 1, 14, 0, tzinfo=plus_two)) == "2026-03-01T12:00:00.000000Z"
+    assert rfc3339(datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=UTC)) == "2026-03-01T12:00:00.000007Z"
+    assert TS.match(rfc3339(datetime.now(UTC)))
 
 
 @given(st.uuids(), st.integers(min_value=1, max_value=2**31))
