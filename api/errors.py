@@ -10,6 +10,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
 from pandora_users.domain.errors import ERROR_TABLE, DomainError
+from pandora_users.infra.read_pool import DATABASE_OUTAGES
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
 
@@ -60,8 +61,17 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, error_body("internal_error"))
 
 
+def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The database could not be reached (or cut the statement short): 503, try again shortly."""
+    request.state.error_code = "service_unavailable"
+    m.errors.labels("service_unavailable", "http").inc()
+    logger.warning("{} {}: database unavailable: {}: {}", request.method, request.url.path, type(exc).__name__, exc)
+    return error_response(503, error_body("service_unavailable", retry_after_seconds=1))
+
+
 EXCEPTION_HANDLERS: Any = {
     DomainError: domain_error_handler,
     HTTPException: http_error_handler,
+    **dict.fromkeys(DATABASE_OUTAGES, outage_handler),
     Exception: internal_error_handler,
 }

@@ -240,10 +240,10 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
-    import asyncpg  # the HTTP/Redis stack loads only in processes that serve
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis  # the HTTP/Redis stack loads only in processes that serve
 
     from api.system import Readiness
+    from pandora_users.infra.read_pool import create_read_pool
 
     hasher = PasswordHasher.from_settings(settings)
     await hasher.start()
@@ -259,9 +259,7 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     )
     keyring = KeyRing(signing_keys(settings))
     tokens = TokenService(keyring, settings.jwt_issuer, settings.jwt_access_token_expiry)
-    db = await asyncpg.create_pool(
-        database_url(settings), min_size=1, max_size=settings.db_pool_max, reset=keep_session
-    )
+    db = await create_read_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max, reset=keep_session)
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     from projections.status import projection_lags
 

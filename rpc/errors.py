@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-import psycopg
-from eventsourcing import persistence as es_persistence
 from grpclib.const import Status
 from grpclib.server import Stream
 
@@ -30,16 +27,6 @@ FALLBACK: dict[Status, str] = {
     Status.UNAVAILABLE: "service_unavailable",
     Status.UNAUTHENTICATED: "unauthorized",
 }
-# A database that cannot be reached (or a statement cut short) is UNAVAILABLE, never INTERNAL.
-OUTAGES: tuple[type[BaseException], ...] = (
-    OSError,  # includes ConnectionError and TimeoutError (a pool acquire that timed out)
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # statement timeout, admin shutdown, cannot connect now
-    psycopg.OperationalError,
-    es_persistence.OperationalError,
-    es_persistence.InterfaceError,
-)
 
 
 @dataclass(frozen=True)

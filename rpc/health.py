@@ -21,7 +21,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.server import Stream
 from loguru import logger
 
-from rpc.errors import OUTAGES
+from pandora_users.infra.read_pool import DATABASE_OUTAGES
 
 PING_TIMEOUT = 2.0
 
@@ -102,7 +102,7 @@ class HealthMonitor:
         try:
             await asyncio.wait_for(self._ping(), PING_TIMEOUT)
             serving = True
-        except OUTAGES as exc:  # TimeoutError is an OSError
+        except DATABASE_OUTAGES as exc:  # TimeoutError is an OSError
             if self.status.__status__() is not False:
                 logger.warning("gRPC health: PostgreSQL unreachable ({}): NOT_SERVING", type(exc).__name__)
             serving = False

@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from pandora_users.domain.errors import UserNotFound
+from pandora_users.infra.read_pool import in_snapshot
 from pandora_users.store.app import EventStore
 from projections.queries.events import COLUMNS, event_dtos, parse_types
 from projections.queries.pagination import Where, invalid, select
@@ -49,9 +50,12 @@ async def history(
             where.add("event_type = ANY({}::text[])", types)
         size = PAGE if left is None else min(PAGE, left)
         text = select(COLUMNS, "event_log", where, f" ORDER BY position {order} LIMIT {where.arg(size)}")
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(text, *where.args)
-            dtos = await event_dtos(conn, store, rows)
+
+        async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[dict[str, Any]]]:
+            rows = await conn.fetch(text, *where.args)  # noqa: B023 - awaited within this iteration
+            return rows, await event_dtos(conn, store, rows)
+
+        rows, dtos = await in_snapshot(pool, read)
         for dto in dtos:
             yield dto
         if len(rows) < size:

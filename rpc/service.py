@@ -18,13 +18,14 @@ from grpclib.server import Stream
 from loguru import logger
 
 from pandora_users.domain.errors import DomainError
+from pandora_users.infra.read_pool import DATABASE_OUTAGES
 from pandora_users.observability import metrics as m
 from projections.queries.events import parse_types
 from projections.queries.pagination import invalid
 from rpc.calls import Call, current_call, parse_user_id, receive, text
 from rpc.convert import event_from_dto, event_from_entry
 from rpc.deps import RpcDeps
-from rpc.errors import INTERNAL, OUTAGES, UNAVAILABLE, Failure, send_failure
+from rpc.errors import INTERNAL, UNAVAILABLE, Failure, send_failure
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_grpc import UserServiceBase
 from rpc.history import history
@@ -118,7 +119,7 @@ class UserService(UserServiceBase):
             raise
         except DomainError as exc:
             await _fail(stream, call, Failure.of(exc))
-        except OUTAGES as exc:
+        except DATABASE_OUTAGES as exc:
             logger.warning("gRPC {}: database unavailable: {}: {}", call.route, type(exc).__name__, exc)
             await _fail(stream, call, UNAVAILABLE)
         except Exception as exc:  # noqa: BLE001 - answered INTERNAL, details only in the log

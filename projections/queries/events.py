@@ -18,6 +18,7 @@ from eventsourcing.persistence import StoredEvent
 
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import BY_EVENT_TYPE, DomainEvent
+from pandora_users.infra.read_pool import in_snapshot
 from pandora_users.store.app import EVENTS_TABLE, EventStore
 from pandora_users.timestamps import rfc3339
 from projections.integration_events import audit_payload, metadata_of
@@ -117,13 +118,16 @@ async def user_history(
         rows_where.add("position > {}" if order == "asc" else "position < {}", key[0])
     limit, offset = rows_where.arg(page.limit + 1), rows_where.arg(page.offset)
     text = select(COLUMNS, "event_log", rows_where, f" ORDER BY position {order} LIMIT {limit} OFFSET {offset}")
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+
+    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int, list[dict[str, Any]]]:
         if await conn.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
             raise UserNotFound()
         rows = await conn.fetch(text, *rows_where.args)
         total = await conn.fetchval(select("count(*)", "event_log", where), *where.args)
-        more, rows = len(rows) > page.limit, rows[: page.limit]
-        items = await event_dtos(conn, store, rows)
+        return rows, total, await event_dtos(conn, store, rows[: page.limit])
+
+    rows, total, items = await in_snapshot(pool, read)
+    more, rows = len(rows) > page.limit, rows[: page.limit]
     next_cursor = encode_cursor([rows[-1]["position"]], print_) if more else None
     return envelope("events", items, int(total), page, next_cursor)
 
@@ -162,10 +166,13 @@ async def global_events(
     if to is not None:
         where.add("timestamp < {}", to)
     text = select(COLUMNS, "event_log", where, f" ORDER BY position LIMIT {where.arg(limit)}")
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+
+    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int, list[dict[str, Any]]]:
         rows = await conn.fetch(text, *where.args)
         head = await conn.fetchval(f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}")  # noqa: S608
-        items = await event_dtos(conn, store, rows)
+        return rows, head, await event_dtos(conn, store, rows)
+
+    rows, head, items = await in_snapshot(pool, read)
     return {
         "events": items,
         "next_after_position": rows[-1]["position"] if rows else None,

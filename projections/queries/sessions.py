@@ -16,6 +16,7 @@ import asyncpg
 
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import ERASED, UserRegistered
+from pandora_users.infra.read_pool import in_snapshot
 from pandora_users.store.app import EVENTS_TABLE
 from pandora_users.timestamps import rfc3339, rfc3339_or_none
 from projections.queries.pagination import (
@@ -62,9 +63,12 @@ async def newest_first(
         rows_where.add(f"({alias}created_at, {alias}id) < ({{}}, {{}})", parse_ts(key[0], "cursor"), last_id)
     limit, offset = rows_where.arg(page.limit + 1), rows_where.arg(page.offset)
     order = f" ORDER BY {alias}created_at DESC, {alias}id DESC LIMIT {limit} OFFSET {offset}"
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+
+    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], int]:
         rows = await conn.fetch(select(columns, source, rows_where, order), *rows_where.args)
-        total = await conn.fetchval(select("count(*)", source, where), *where.args)
+        return rows, await conn.fetchval(select("count(*)", source, where), *where.args)
+
+    rows, total = await in_snapshot(pool, read)
     more, rows = len(rows) > page.limit, rows[: page.limit]
     next_cursor = None
     if more:

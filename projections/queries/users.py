@@ -17,6 +17,7 @@ import asyncpg
 from pandora_users.domain.errors import UserNotFound
 from pandora_users.domain.events import ERASED
 from pandora_users.domain.user import KYC_STATUSES, ROLES
+from pandora_users.infra.read_pool import in_snapshot
 from pandora_users.timestamps import rfc3339, rfc3339_or_none
 from projections.queries.pagination import (
     PageRequest,
@@ -169,10 +170,13 @@ async def _page(
     now: datetime | None,
 ) -> dict[str, Any]:
     """The total, then the rows of the statement `rows_for(total)` picks, in one snapshot."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+
+    async def read(conn: asyncpg.Connection) -> tuple[int, list[asyncpg.Record]]:
         total = int(await conn.fetchval(count[0], *count[1]))
         text, args = rows_for(total)
-        rows = await conn.fetch(text, *args) if total else []
+        return total, await conn.fetch(text, *args) if total else []
+
+    total, rows = await in_snapshot(pool, read)
     more, rows = len(rows) > page.limit, rows[: page.limit]
     next_cursor = None
     if more:
