@@ -110,6 +110,11 @@ class Collector:
                 raise AssertionError(f"trace {trace_id} incomplete after {timeout} s: {names}")
             time.sleep(0.1)
 
+    def span(self, trace_id: str, name: str) -> Collected:
+        """The one span called `name` of a trace, once it has arrived (a trace's spans come in several batches:
+        a child that ends first, a hash's, can be exported before its server span)."""
+        return one(self.wait(trace_id, lambda spans: bool(named(spans, name))), name)
+
 
 @contextmanager
 def running_collector() -> Iterator[Collector]:

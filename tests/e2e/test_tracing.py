@@ -165,7 +165,7 @@ def test_login_and_an_authenticated_read_are_traces_of_their_own(traced_api: Api
     assert {s.name for s in consumers} == {f"projection {p}" for p in PROJECTIONS}
     assert all(s.child_of(command) and s.attributes["pandora.event_type"] == "user.logged_in" for s in consumers)
     user_id = login.json()["user"]["id"]
-    read = one(collector.wait(read_trace, bool), "GET /api/v1/users/me")
+    read = collector.span(read_trace, "GET /api/v1/users/me")
     assert read.attributes["enduser.id"] == user_id and read.attributes["http.route"] == "/api/v1/users/me"
 
 
@@ -180,10 +180,10 @@ def test_error_responses_carry_the_trace_id(traced_api: Api, collector: Collecto
     assert wrong.status_code == 401 and wrong.json()["trace_id"] == trace_id
     for response in (unknown, slash, admin):
         assert response.status_code in (401, 404) and HEX32.match(response.json()["trace_id"]), response.text
-    assert one(collector.wait(trace_id, bool), "POST /api/v1/auth/login").attributes["http.response.status_code"] == 401
-    admin_span = one(collector.wait(admin.json()["trace_id"], bool), "GET /api/v1/admin/users")
+    assert collector.span(trace_id, "POST /api/v1/auth/login").attributes["http.response.status_code"] == 401
+    admin_span = collector.span(admin.json()["trace_id"], "GET /api/v1/admin/users")
     assert admin_span.attributes["pandora.listener"] == "admin" and admin_span.parent_id is None
-    assert one(collector.wait(unknown.json()["trace_id"], bool), "GET").attributes["http.response.status_code"] == 404
+    assert collector.span(unknown.json()["trace_id"], "GET").attributes["http.response.status_code"] == 404
 
 
 async def test_grpc_call_continues_the_callers_trace(traced_api: Api, collector: Collector) -> None:
@@ -198,7 +198,7 @@ async def test_grpc_call_continues_the_callers_trace(traced_api: Api, collector:
     finally:
         channel.close()
     assert missing.value.status is Status.NOT_FOUND
-    span = one(collector.wait(trace_id, bool), "/pandora.user.v1.UserService/GetUser")
+    span = collector.span(trace_id, "/pandora.user.v1.UserService/GetUser")
     assert span.kind == "SERVER" and span.parent_id == caller
     assert span.attributes == {
         "rpc.system": "grpc",
