@@ -21,8 +21,9 @@ lock:
     uv pip compile -q pyproject.toml --extra dev -o requirements.lock
 
 # Start the whole service (embedded PostgreSQL and Valkey when nothing is configured).
+# GLIBC_TUNABLES as in the container image: huge pages for each Argon2 hash's 64 MiB (see the Containerfile).
 run *ARGS: sync
-    {{venv}}/bin/pandora-users serve {{ARGS}}
+    GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}" {{venv}}/bin/pandora-users serve {{ARGS}}
 
 # Create or upgrade the database schema.
 migrate *ARGS: sync
