@@ -1,1 +1,1 @@
-"""Process-level infrastructure: embedded dev servers."""
+"""Process-level infrastructure: embedded dev servers, and the read side's database pool."""
