@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pandora_users.domain.events import ERASED
 from pandora_users.domain.user import User
 from projections.integration_events import Entry
 from rpc.gen import user_pb2 as pb
@@ -32,18 +33,20 @@ def timestamp(value: datetime | str | int | None) -> Timestamp | None:
     return Timestamp(seconds=math.floor(value.timestamp()), nanos=value.microsecond * 1000)
 
 
-def user_from_dto(dto: dict[str, Any]) -> pb.User:
-    """A `User` from an AdminUserDTO of the users read model; `deleted_at` only for soft-deleted users."""
+def user_from_row(row: Any) -> pb.User:
+    """A `User` from a users read-model row, or from its AdminUserDTO (`to_dto`): the same keys, with ids and
+    moments as values or as text; `deleted_at` only for soft-deleted users."""
+    email = row["email"]
     return pb.User(
-        id=dto["id"],
-        email=dto["email"],
-        first_name=dto["first_name"],
-        last_name=dto["last_name"],
-        kyc_status=dto["kyc_status"],
-        role=dto["role"],
-        created_at=timestamp(dto["created_at"]),
-        updated_at=timestamp(dto["updated_at"]),
-        deleted_at=timestamp(dto["deleted_at"]),
+        id=str(row["id"]),
+        email=ERASED if email is None else email,
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        kyc_status=row["kyc_status"],
+        role=row["role"],
+        created_at=timestamp(row["created_at"]),
+        updated_at=timestamp(row["updated_at"]),
+        deleted_at=timestamp(row["deleted_at"]),
     )
 
 

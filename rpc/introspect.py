@@ -11,7 +11,7 @@ from uuid import UUID
 from pandora_users.domain.errors import InvalidRequest, UserNotFound
 from pandora_users.observability import metrics as m
 from pandora_users.security.tokens import TokenInvalid
-from projections.queries.users import get_user
+from projections.queries.users import is_live, user_row
 from rpc.calls import Call
 from rpc.convert import timestamp
 from rpc.deps import RpcDeps
@@ -45,10 +45,10 @@ async def introspect_rpc(d: RpcDeps, call: Call, request: pb.IntrospectTokenRequ
     call.user_id = user_id
     await d.read_wait(call, ("users",))
     try:
-        dto = await get_user(d.pool, user_id)
+        row = await user_row(d.pool, user_id)
     except UserNotFound:
-        dto = None  # not yet in the read model: the token is still valid, its KYC status unknown
-    if dto is not None and not dto["is_active"]:
+        row = None  # not yet in the read model: the token is still valid, its KYC status unknown
+    if row is not None and not is_live(row):
         return _inactive("user_deleted")
     m.token_validation.labels("access", "valid").inc()
     return pb.IntrospectTokenResponse(
@@ -61,5 +61,5 @@ async def introspect_rpc(d: RpcDeps, call: Call, request: pb.IntrospectTokenRequ
         jti=claims.jti,
         issued_at=timestamp(claims.iat),
         expires_at=timestamp(claims.exp),
-        kyc_status=dto["kyc_status"] if dto is not None else "",
+        kyc_status=row["kyc_status"] if row is not None else "",
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import unicodedata
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from uuid import UUID
 
 from api.consistency import encode_token
@@ -17,9 +16,9 @@ from pandora_users.domain.fields import canonical_email, clean_reason
 from pandora_users.domain.user import KYC_STATUSES
 from pandora_users.observability import metrics as m
 from projections.queries.pagination import PageRequest, Where, select
-from projections.queries.users import COLUMNS, LIVE, UserFilters, get_user, list_users, to_dto
+from projections.queries.users import COLUMNS, LIVE, UserFilters, is_live, list_users, user_row
 from rpc.calls import Call, parse_user_id, text
-from rpc.convert import user_from_dto, user_from_state
+from rpc.convert import user_from_row, user_from_state
 from rpc.deps import RpcDeps
 from rpc.gen import user_pb2 as pb
 
@@ -31,10 +30,10 @@ MAX_ON_BEHALF_OF = 256
 async def get_user_rpc(d: RpcDeps, call: Call, request: pb.GetUserRequest) -> pb.GetUserResponse:
     call.user_id = user_id = parse_user_id(request.user_id)
     await d.read_wait(call, USERS)
-    dto = await get_user(d.pool, user_id)
-    if not dto["is_active"]:
+    row = await user_row(d.pool, user_id)
+    if not is_live(row):
         raise UserNotFound()
-    return pb.GetUserResponse(user=user_from_dto(dto))
+    return pb.GetUserResponse(user=user_from_row(row))
 
 
 async def get_user_by_email_rpc(d: RpcDeps, call: Call, request: pb.GetUserByEmailRequest) -> pb.GetUserResponse:
@@ -50,9 +49,8 @@ async def get_user_by_email_rpc(d: RpcDeps, call: Call, request: pb.GetUserByEma
     row = await d.pool.fetchrow(select(COLUMNS, "users", where), *where.args)
     if row is None:
         raise UserNotFound()
-    dto = to_dto(row, datetime.now(UTC))
     call.user_id = UUID(str(row["id"]))
-    return pb.GetUserResponse(user=user_from_dto(dto))
+    return pb.GetUserResponse(user=user_from_row(row))
 
 
 async def validate_user_rpc(d: RpcDeps, call: Call, request: pb.ValidateUserRequest) -> pb.ValidateUserResponse:
@@ -60,10 +58,10 @@ async def validate_user_rpc(d: RpcDeps, call: Call, request: pb.ValidateUserRequ
     call.user_id = user_id = parse_user_id(request.user_id)
     await d.read_wait(call, USERS)
     try:
-        dto = await get_user(d.pool, user_id)
+        row = await user_row(d.pool, user_id)
     except UserNotFound:
         return pb.ValidateUserResponse(is_valid=False, is_active=False, kyc_status="")
-    return pb.ValidateUserResponse(is_valid=True, is_active=dto["is_active"], kyc_status=dto["kyc_status"])
+    return pb.ValidateUserResponse(is_valid=True, is_active=is_live(row), kyc_status=row["kyc_status"])
 
 
 async def list_users_rpc(d: RpcDeps, call: Call, request: pb.ListUsersRequest) -> pb.ListUsersResponse:
@@ -74,7 +72,7 @@ async def list_users_rpc(d: RpcDeps, call: Call, request: pb.ListUsersRequest) -
         raise InvalidRequest("offset must be non-negative")
     await d.read_wait(call, USERS)
     page = await list_users(d.pool, UserFilters(), PageRequest(limit=limit, offset=request.offset))
-    return pb.ListUsersResponse(users=[user_from_dto(u) for u in page["users"]], total=page["total"])
+    return pb.ListUsersResponse(users=[user_from_row(u) for u in page["users"]], total=page["total"])
 
 
 def _on_behalf_of(value: str) -> str | None:

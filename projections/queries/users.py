@@ -80,7 +80,7 @@ def to_dto(row: Any, now: datetime) -> dict[str, Any]:
         "email_verified_at": rfc3339_or_none(row["email_verified_at"]),
         "created_at": rfc3339(row["created_at"]),
         "updated_at": rfc3339(row["updated_at"]),
-        "is_active": row["deleted_at"] is None and row["erased_at"] is None,
+        "is_active": is_live(row),
         "is_locked": locked_until is not None and locked_until > now,
         "locked_until": rfc3339_or_none(locked_until),
         "deleted_at": rfc3339_or_none(row["deleted_at"]),
@@ -221,14 +221,25 @@ async def search_users(
     return await _page(pool, count, lambda total: few if total <= TRIGRAM_FIRST_MAX else many, print_, page, now)
 
 
-async def get_user(pool: asyncpg.Pool, user_id: UUID, *, now: datetime | None = None) -> dict[str, Any]:
-    """`GET /users/{id}`: deleted and erased users too; UserNotFound if the id is unknown."""
-    by_id = Where()
-    by_id.add("id = {}", user_id)
-    row = await pool.fetchrow(select(COLUMNS, "users", by_id), *by_id.args)
+USER_BY_ID = select(COLUMNS, "users", Where(["id = $1"]))
+
+
+async def user_row(pool: asyncpg.Pool, user_id: UUID) -> asyncpg.Record:
+    """The users row of an id, deleted and erased users too; UserNotFound if the id is unknown."""
+    row = await pool.fetchrow(USER_BY_ID, user_id)
     if row is None:
         raise UserNotFound()
-    return to_dto(row, now or datetime.now(UTC))
+    return row
+
+
+def is_live(row: Any) -> bool:
+    """Neither soft-deleted nor erased."""
+    return row["deleted_at"] is None and row["erased_at"] is None
+
+
+async def get_user(pool: asyncpg.Pool, user_id: UUID, *, now: datetime | None = None) -> dict[str, Any]:
+    """`GET /users/{id}`: deleted and erased users too; UserNotFound if the id is unknown."""
+    return to_dto(await user_row(pool, user_id), now or datetime.now(UTC))
 
 
 STATS = f"""
