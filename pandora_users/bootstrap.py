@@ -259,7 +259,13 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     )
     keyring = KeyRing(signing_keys(settings))
     tokens = TokenService(keyring, settings.jwt_issuer, settings.jwt_access_token_expiry)
-    db = await create_read_pool(database_url(settings), min_size=1, max_size=settings.db_pool_max, reset=keep_session)
+    db = await create_read_pool(
+        database_url(settings),
+        min_size=1,
+        max_size=settings.db_pool_max,
+        statement_timeout=settings.db_statement_timeout,
+        reset=keep_session,
+    )
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     from projections.status import projection_lags
 

@@ -20,6 +20,7 @@ from eventsourcing import persistence as es_persistence
 from loguru import logger
 
 T = TypeVar("T")
+CONNECT_TIMEOUT = 5.0  # as the write side's (POSTGRES_CONNECT_TIMEOUT)
 
 # The connection is gone (or its protocol state is): another connection may well succeed.
 LOST_CONNECTION: tuple[type[BaseException], ...] = (
@@ -84,8 +85,14 @@ class ReadPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type inf
         )
 
 
-async def create_read_pool(dsn: str, *, min_size: int, max_size: int, reset: Any = None) -> ReadPool:
-    """What `asyncpg.create_pool` does (with its defaults for the rest), with `ReadPool` as the class."""
+async def create_read_pool(
+    dsn: str, *, min_size: int, max_size: int, statement_timeout: float, reset: Any = None
+) -> ReadPool:
+    """What `asyncpg.create_pool` does (with its defaults for the rest), with `ReadPool` as the class.
+
+    `statement_timeout` (seconds, DB_STATEMENT_TIMEOUT): PostgreSQL cancels a longer statement, and the request
+    gets 503 `service_unavailable` (SPEC §10.1). Connecting gives up after `CONNECT_TIMEOUT` seconds.
+    """
     pool = ReadPool(
         dsn,
         min_size=min_size,
@@ -96,6 +103,8 @@ async def create_read_pool(dsn: str, *, min_size: int, max_size: int, reset: Any
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
+        timeout=CONNECT_TIMEOUT,
+        server_settings={"statement_timeout": str(max(1, round(statement_timeout * 1000)))},
     )
     await pool
     return pool

@@ -1,22 +1,34 @@
-"""Every connection of the service to PostgreSQL dies at once (what a restart or a failover does to it): the
-reads, the writes and the projectors go on by themselves, and no request fails for it (README, operations)."""
+"""Database faults under a running service: every connection to PostgreSQL dies at once (what a restart or a
+failover does to it) and the reads, the writes and the projectors go on by themselves with no request failing
+for it (README, operations); a statement slower than DB_STATEMENT_TIMEOUT answers 503 (SPEC §10.1)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import grpc
 import psycopg
+import pytest
 
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_pb2_grpc import UserServiceStub
-from tests.e2e.conftest import SERVICE_TOKEN, spawn_service
+from tests.e2e.conftest import SERVICE_TOKEN, Api, spawn_service
 from tests.e2e.test_public_api import bearer, register
 
 READERS = 8
+
+
+@pytest.fixture(scope="module")
+def api(server_url: str, template_db: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A service of these tests' own (they kill its connections and lock its tables), without rate limits (the
+    readers send a few hundred requests) and with a statement timeout of a second."""
+    workdir = tmp_path_factory.mktemp("db-faults")
+    overrides = {"RATE_LIMIT_ENABLED": "false", "DB_STATEMENT_TIMEOUT": "1s"}
+    with spawn_service(server_url, template_db, redis_url, workdir, **overrides) as running:
+        yield running
 
 
 def _kill_every_backend(server_url: str, database_url: str) -> int:
@@ -29,13 +41,8 @@ def _kill_every_backend(server_url: str, database_url: str) -> int:
     return len(rows)
 
 
-def test_no_request_fails_after_every_connection_is_killed(
-    server_url: str, template_db: str, redis_url: str, tmp_path: Path
-) -> None:
-    with (
-        spawn_service(server_url, template_db, redis_url, tmp_path, RATE_LIMIT_ENABLED="false") as api,
-        api.client() as c,
-    ):
+def test_no_request_fails_after_every_connection_is_killed(api: Api, server_url: str) -> None:
+    with api.client() as c:
         h = bearer(register(c))
         stop = threading.Event()
 
@@ -70,3 +77,18 @@ def test_no_request_fails_after_every_connection_is_killed(
                 timeout=10,
             )
         assert reply.user.first_name == "After"
+
+
+def test_a_statement_slower_than_the_timeout_answers_503(api: Api) -> None:
+    with api.client() as c:
+        h = bearer(register(c))
+        assert c.get("/api/v1/users/me", headers=h).status_code == 200
+        with psycopg.connect(api.database_url) as blocker:
+            blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            started = time.monotonic()
+            slow = c.get("/api/v1/users/me", headers=h)
+            waited = time.monotonic() - started
+        assert slow.status_code == 503, slow.text
+        assert slow.json()["error"] == "service_unavailable" and slow.headers["retry-after"] == "1"
+        assert waited >= 1.0  # cancelled by the timeout, not refused at once
+        assert c.get("/api/v1/users/me", headers=h).status_code == 200  # the lock is gone, so is the outage

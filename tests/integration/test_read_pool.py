@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from pandora_users.infra.read_pool import create_read_pool, in_snapshot
+from pandora_users.infra.read_pool import DATABASE_OUTAGES, create_read_pool, in_snapshot
 
 SLOW = "SELECT 41 + 1 FROM pg_sleep(0.3)"
 
@@ -41,7 +41,7 @@ READS: dict[str, tuple[Callable[[asyncpg.Pool], Awaitable[object]], Callable[[ob
 
 @pytest.mark.parametrize("method", READS)
 async def test_a_read_whose_connection_is_killed_is_answered(database_url: str, method: str) -> None:
-    pool = await create_read_pool(database_url, min_size=2, max_size=2)
+    pool = await create_read_pool(database_url, min_size=2, max_size=2, statement_timeout=5)
     read, value = READS[method]
     try:
         assert value(await _killed_while_running(pool, lambda: read(pool))) == 42
@@ -63,7 +63,7 @@ async def test_asyncpgs_own_pool_fails_that_read(database_url: str) -> None:
 
 async def test_a_second_loss_is_not_retried(database_url: str) -> None:
     """One retry, not a loop: a database that keeps dropping connections gives the error (a 503 upstream)."""
-    pool = await create_read_pool(database_url, min_size=2, max_size=2)
+    pool = await create_read_pool(database_url, min_size=2, max_size=2, statement_timeout=5)
 
     async def kill_both_attempts() -> object:
         reading = asyncio.create_task(pool.fetchval(SLOW))
@@ -80,5 +80,18 @@ async def test_a_second_loss_is_not_retried(database_url: str) -> None:
     try:
         with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.exceptions.AdminShutdownError)):
             await kill_both_attempts()
+    finally:
+        await pool.close()
+
+
+async def test_a_statement_longer_than_the_timeout_is_cancelled_and_not_retried(database_url: str) -> None:
+    """DB_STATEMENT_TIMEOUT: PostgreSQL cancels the statement (an outage: 503), the connection stays usable."""
+    pool = await create_read_pool(database_url, min_size=1, max_size=1, statement_timeout=0.2)
+    try:
+        assert await pool.fetchval("SHOW statement_timeout") == "200ms"
+        with pytest.raises(asyncpg.exceptions.QueryCanceledError):
+            await pool.fetchval("SELECT 1 FROM pg_sleep(2)")
+        assert isinstance(asyncpg.exceptions.QueryCanceledError(), DATABASE_OUTAGES)
+        assert await pool.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
