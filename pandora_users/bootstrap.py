@@ -131,12 +131,14 @@ def wait_for_postgres(url: str, timeout: float = DB_WAIT) -> None:
             time.sleep(0.5)
 
 
-def open_store(settings: Settings) -> EventStore:
+def open_store(settings: Settings, *, serving: bool = False) -> EventStore:
+    """The event store; a serving process's statements are cut at DB_STATEMENT_TIMEOUT (503 to the caller)."""
     env = postgres_env(
         database_url(settings),
         pool_size=settings.db_pool_min,
         max_overflow=settings.db_pool_max - settings.db_pool_min,
         lock_timeout=settings.db_lock_timeout,
+        statement_timeout=settings.db_statement_timeout if serving else None,
     )
     store = EventStore(env, crypto_keys(settings)["data_encryption_key"])
     store.listen_for_key_destruction(database_url(settings))

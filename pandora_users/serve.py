@@ -91,7 +91,7 @@ def serve(roles: frozenset[str] = ALL_ROLES) -> int:
     try:
         settings = with_dependencies(settings, servers)
         wait_for_postgres(database_url(settings))
-        store = open_store(settings)
+        store = open_store(settings, serving=True)
         try:
             ensure_schema(settings, store, migrate=settings.auto_migrate and not worker)
             # uvicorn's `loop="uvloop"` applies only when uvicorn owns the loop; here `serve` does.

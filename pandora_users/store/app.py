@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from uuid import UUID
 
 import psycopg
@@ -80,13 +80,26 @@ class PandoraFactory(PostgresFactory):
 
 
 def postgres_env(
-    database_url: str, *, pool_size: int, max_overflow: int, lock_timeout: float, group_commit: bool = True
+    database_url: str,
+    *,
+    pool_size: int,
+    max_overflow: int,
+    lock_timeout: float,
+    statement_timeout: float | None = None,
+    group_commit: bool = True,
 ) -> dict[str, str]:
-    """eventsourcing's POSTGRES_* settings from a postgresql:// URL (`group_commit=False` only to measure it)."""
+    """eventsourcing's POSTGRES_* settings from a postgresql:// URL (`group_commit=False` only to measure it).
+
+    `statement_timeout` (seconds) bounds every statement of the pool's connections (serving processes only:
+    the command line's migrations and rebuilds run longer statements)."""
     url = urlsplit(database_url)
+    params = dict(parse_qsl(url.query))
+    if statement_timeout is not None:
+        timeout = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+        params["options"] = f"{params['options']} {timeout}" if params.get("options") else timeout
     return {
         # libpq parameters of the URL's query (sslmode, sslrootcert, ...), added to the pool's connect arguments.
-        CONNECT_PARAMS: url.query,
+        CONNECT_PARAMS: urlencode(params),
         "PERSISTENCE_MODULE": get_topic(PandoraFactory),
         "APPLICATION_RECORDER_TOPIC": get_topic(PandoraRecorder if group_commit else SerialRecorder),
         "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",

@@ -29,15 +29,18 @@ from psycopg_pool import PoolTimeout
 
 from pandora_users.store.group_commit import Combiner, Request, Take, sync, translated
 
+QUERY_CANCELED = "57014"  # statement_timeout (DB_STATEMENT_TIMEOUT) or a cancel request: the connection is fine
+
 
 def connection_lost(error: BaseException) -> bool:
     """The library's error was caused by a lost connection (a restarted server, a killed backend, a network
     failure): psycopg's error then has no SQLSTATE, or one of class 08 (connection) or 57 (operator
-    intervention). A lock timeout, a conflict or a pool timeout is not a lost connection."""
+    intervention). A lock or statement timeout, a conflict or a pool timeout is not a lost connection."""
     cause = error.__cause__
     if not isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError) or isinstance(cause, PoolTimeout):
         return False
-    return cause.sqlstate is None or cause.sqlstate.startswith(("08", "57"))
+    state = cause.sqlstate
+    return state is None or (state.startswith(("08", "57")) and state != QUERY_CANCELED)
 
 
 class CredentialConflict(Exception):

@@ -73,3 +73,21 @@ def test_the_urls_libpq_parameters_reach_the_event_stores_connections(database_u
         assert store.head_position() >= 0
     finally:
         store.close()
+
+
+def test_the_statement_timeout_joins_the_urls_own_options(database_url: str) -> None:
+    """A serving process's DB_STATEMENT_TIMEOUT is added to any `options` the URL already has."""
+    from pandora_users.store.app import EventStore, postgres_env
+    from tests.conftest import TEST_KEK
+
+    url = f"{database_url}?options=-c%20work_mem%3D8MB"
+    env = postgres_env(url, pool_size=1, max_overflow=0, lock_timeout=5, statement_timeout=1.5)
+    store = EventStore(env, TEST_KEK)
+    try:
+        with store.datastore.get_connection() as conn:
+            row = conn.execute(
+                "SELECT current_setting('statement_timeout') AS timeout, current_setting('work_mem') AS mem"
+            ).fetchone()
+        assert row is not None and (row["timeout"], row["mem"]) == ("1500ms", "8MB")
+    finally:
+        store.close()

@@ -10,12 +10,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing import persistence as es_persistence
 
 from pandora_users.domain import session as session_agg
 from pandora_users.domain import user as user_agg
 from pandora_users.store import credentials as cred
 from pandora_users.store.app import PING_IF_IDLE_FOR, EventStore, PingIfIdle, postgres_env
-from pandora_users.store.recorder import PandoraRecorder
+from pandora_users.store.recorder import CredentialOp, PandoraRecorder, connection_lost
 from tests.conftest import TEST_KEK
 from tests.unit.given import T0, ctx
 
@@ -139,5 +140,31 @@ def test_the_store_recovers_when_the_server_ends_its_connections(database_url: s
         time.sleep(pause)
         assert store.append(events) is not None
         assert store.load(events[0].originator_id, session_agg.project) is not None
+    finally:
+        store.close()
+
+
+def test_a_statement_past_the_timeout_fails_the_append_alone_and_is_not_retried(database_url: str) -> None:
+    """DB_STATEMENT_TIMEOUT on the write side (serving processes): PostgreSQL cancels the statement (57014), the
+    append fails with nothing written and is not taken for a lost connection (no retry); the pool serves on."""
+    env = postgres_env(database_url, pool_size=1, max_overflow=0, lock_timeout=5, statement_timeout=0.2)
+    store = EventStore(env, TEST_KEK)
+    calls: list[int] = []
+
+    class Slow(CredentialOp):
+        def send(self, curs: Any) -> None:
+            calls.append(1)
+            super().send(curs)
+
+    try:
+        events = _sessions(store, uuid.uuid4(), 2)
+        head = store.head_position()
+        with pytest.raises(es_persistence.OperationalError) as failed:
+            store.append(events, [Slow("slow", "SELECT pg_sleep(2)")])
+        assert isinstance(failed.value.__cause__, psycopg.errors.QueryCanceled)
+        assert not connection_lost(failed.value)
+        assert calls == [1]
+        assert store.head_position() == head
+        assert store.append(events) is not None
     finally:
         store.close()
