@@ -21,13 +21,13 @@ from pandora_users.domain.user import User
 from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
-from pandora_users.timestamps import rfc3339_or_none
+from pandora_users.timestamps import rfc3339
 
 Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
 
 
 def ts_epoch(seconds: float) -> str:
-    return rfc3339_or_none(datetime.fromtimestamp(seconds, UTC)) or ""
+    return rfc3339(datetime.fromtimestamp(seconds, UTC))
 
 
 @dataclass
@@ -96,8 +96,8 @@ def user_dto(user: User) -> UserDTO:
         role=user.role,
         kyc_status=user.kyc_status,
         email_verified=user.email_verified_at is not None,
-        created_at=rfc3339_or_none(user.created_at) or "",
-        updated_at=rfc3339_or_none(user.updated_at) or "",
+        created_at=rfc3339(user.created_at),
+        updated_at=rfc3339(user.updated_at),
     )
 
 
@@ -111,7 +111,7 @@ def auth_response(tokens: TokenService, grant: SessionGrant) -> AuthResponse:
         session_expires_at=grant.session_expires_at.timestamp(),
         auth_time=grant.auth_time.timestamp(),
     )
-    session_end = rfc3339_or_none(grant.session_expires_at) or ""
+    session_end = rfc3339(grant.session_expires_at)
     return AuthResponse(
         access_token=issued.token,
         refresh_token=grant.refresh_token,

@@ -16,7 +16,7 @@ from api.deps import ApiDeps, note, with_headers
 from api.routes.common import authenticate, parse_id
 from pandora_users.domain.errors import Forbidden
 from pandora_users.domain.user import User
-from pandora_users.timestamps import rfc3339_or_none
+from pandora_users.timestamps import rfc3339, rfc3339_or_none
 
 OWN_ACCOUNT = "administrators cannot perform this action on their own account"
 
@@ -71,8 +71,8 @@ def admin_user(user: User, now: datetime) -> AdminUserDTO:
         role=user.role,
         kyc_status=user.kyc_status,
         email_verified=user.email_verified_at is not None,
-        created_at=rfc3339_or_none(user.created_at) or "",
-        updated_at=rfc3339_or_none(user.updated_at) or "",
+        created_at=rfc3339(user.created_at),
+        updated_at=rfc3339(user.updated_at),
         email_verified_at=rfc3339_or_none(user.email_verified_at),
         is_active=user.is_active,
         is_locked=user.is_locked(now),

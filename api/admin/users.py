@@ -28,7 +28,7 @@ from pandora_users.commands.as_of import user_as_of
 from pandora_users.commands.base import WriteSide, Written
 from pandora_users.domain.context import Context
 from pandora_users.domain.user import User
-from pandora_users.timestamps import rfc3339_or_none
+from pandora_users.timestamps import rfc3339
 from projections.queries.events import user_history
 from projections.queries.pagination import PageRequest
 from projections.queries.sessions import user_sessions
@@ -180,7 +180,7 @@ async def _as_of(
     moment = p.require_instant(raw, "as_of")
     dto = admin_user(await user_as_of(deps.write, target, moment), moment)
     fields = {name: getattr(dto, name) for name in dto.__struct_fields__}
-    return Response(AdminUserAsOfDTO(**fields, as_of=rfc3339_or_none(moment) or ""))
+    return Response(AdminUserAsOfDTO(**fields, as_of=rfc3339(moment)))
 
 
 def _delete(w: WriteSide, target: UUID, if_match: int | None, ctx: Context) -> Awaitable[tuple[User, Written]]:

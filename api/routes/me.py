@@ -22,7 +22,7 @@ from api.schemas import (
 )
 from pandora_users.commands import account, sessions
 from pandora_users.domain.errors import FieldError, InvalidRequest, UserNotFound
-from pandora_users.timestamps import rfc3339_or_none
+from pandora_users.timestamps import rfc3339
 from projections.queries.users import get_user
 
 LIVE_SESSIONS = """
@@ -221,8 +221,8 @@ def _session_dto(row: Any, current: object) -> SessionDTO:
         audience=row["audience"],
         ip_address=row["ip_address"],
         user_agent=row["user_agent"],
-        created_at=rfc3339_or_none(row["created_at"]) or "",
-        last_used_at=rfc3339_or_none(row["last_used_at"]) or "",
-        expires_at=rfc3339_or_none(row["expires_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
+        last_used_at=rfc3339(row["last_used_at"]),
+        expires_at=rfc3339(row["expires_at"]),
         current=row["id"] == current,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import psycopg
 import pytest
+from eventsourcing import persistence as es_persistence
 from litestar import get
 from litestar.testing import create_test_client
 
@@ -19,6 +20,7 @@ from api.errors import EXCEPTION_HANDLERS
         asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
         ConnectionRefusedError(111, "Connection refused"),
         psycopg.OperationalError("server closed the connection unexpectedly"),
+        es_persistence.OperationalError("canceling statement due to statement timeout"),  # a command's append
     ],
     ids=type,
 )
