@@ -46,12 +46,17 @@ DATABASE_OUTAGES: tuple[type[BaseException], ...] = (
 
 
 async def retried_once(pool: asyncpg.Pool, attempt: Callable[[], Awaitable[T]]) -> T:
-    """`attempt()`; after it lost its connection, every pooled connection is replaced and it runs once more."""
+    """`attempt()`; after it lost its connection, every pooled connection is replaced and it runs once more.
+
+    After a restart every read in flight fails at once: only the first to fail replaces the connections (asyncpg
+    counts `expire_connections()` calls in `_generation`), or each would close the ones the others reopened."""
+    generation = pool._generation
     try:
         return await attempt()
     except LOST_CONNECTION as exc:
-        logger.warning("read pool: a connection was lost ({}: {}); reconnecting", type(exc).__name__, exc)
-        await pool.expire_connections()
+        if pool._generation == generation:
+            logger.warning("read pool: a connection was lost ({}: {}); reconnecting", type(exc).__name__, exc)
+            await pool.expire_connections()
     return await attempt()
 
 

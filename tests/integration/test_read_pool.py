@@ -95,3 +95,18 @@ async def test_a_statement_longer_than_the_timeout_is_cancelled_and_not_retried(
         assert await pool.fetchval("SELECT 1") == 1
     finally:
         await pool.close()
+
+
+async def test_reads_that_lose_their_connections_together_replace_the_pool_once(database_url: str) -> None:
+    """A restart fails every read in flight: the first replaces the connections, the others only retry."""
+    pool = await create_read_pool(database_url, min_size=3, max_size=3, statement_timeout=5)
+    try:
+        reads = [asyncio.create_task(pool.fetchval(SLOW)) for _ in range(2)]
+        async with pool.acquire() as other:
+            while len(pids := await other.fetch("SELECT pid FROM pg_stat_activity WHERE query = $1", SLOW)) < 2:
+                await asyncio.sleep(0.01)
+            await other.fetch("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", [r[0] for r in pids])
+        assert await asyncio.gather(*reads) == [42, 42]
+        assert pool._generation == 1  # asyncpg's count of expire_connections() calls
+    finally:
+        await pool.close()
