@@ -54,7 +54,7 @@ from pandora_users.logs import configure
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
 from pandora_users.store.app import EventStore
-from pandora_users.workers import HttpWorkers, bind, is_worker
+from pandora_users.workers import SHARED_ROLES, HttpWorkers, bind, is_worker
 from projections.registry import NAMES, Supervisor
 from rpc.server import start_rpc
 
@@ -79,7 +79,7 @@ ROLES = {
 def serve(roles: frozenset[str] = ALL_ROLES) -> int:
     """Run the given roles in this process: `serve` runs them all, `api`/`admin`/`rpc` one listener each.
 
-    An HTTP worker child (see `workers`) runs the public listener beside its parent, on the same port.
+    A worker child (see `workers`) runs the public and/or gRPC listener beside its parent, on the same ports.
     """
     worker = is_worker()
     settings = settings_from_env()
@@ -257,9 +257,9 @@ def admin_listener_app(runtime: Runtime, parts: HttpParts) -> Any:
     return traced(wrap(app, edge, layers), listener="admin")
 
 
-async def _start_workers(settings: Settings, runtime: Runtime) -> HttpWorkers:
-    """The public listener's other worker processes; a SIGHUP to this process reaches them too."""
-    workers = HttpWorkers(settings)
+async def _start_workers(settings: Settings, runtime: Runtime, roles: frozenset[str]) -> HttpWorkers:
+    """The other worker processes of the shared listeners; a SIGHUP to this process reaches them too."""
+    workers = HttpWorkers(settings, roles)
     await workers.start()
     refresher = runtime.refresher
     if refresher is not None and refresher.handles_sighup:  # the children build the same refresher
@@ -268,9 +268,11 @@ async def _start_workers(settings: Settings, runtime: Runtime) -> HttpWorkers:
 
 
 async def _serve(settings: Settings, store: EventStore, roles: frozenset[str], worker: bool) -> int:
-    public_socket = None
+    public_socket = rpc_socket = None
     if "public" in roles:
         public_socket = bind(settings.server_host, settings.server_port, joining=worker)
+    if "rpc" in roles:
+        rpc_socket = bind(settings.server_host, settings.grpc_port, joining=worker)
     # The admin listener has /metrics; a process without it may open METRICS_PORT (a worker's counts are the parent's).
     stop_metrics = metrics_endpoint(settings) if "admin" not in roles and not worker else (lambda: None)
     runtime: Runtime = await build_runtime(settings, store)
@@ -286,14 +288,14 @@ async def _serve(settings: Settings, store: EventStore, roles: frozenset[str], w
     if public_socket is not None:
         public = _listener(public_app(runtime, parts), settings.server_host, settings.server_port, settings)
         listeners.append((public, [public_socket]))
-        if not worker and settings.http_workers > 1:
-            workers = await _start_workers(settings, runtime)
     if "admin" in roles:
         app = admin_listener_app(runtime, parts)
         listeners.append((_listener(app, settings.admin_host, settings.admin_port, settings), None))
     rpc = None
-    if "rpc" in roles:
-        rpc = await start_rpc(runtime, settings.server_host, settings.grpc_port, parts.access_log, parts.idempotency)
+    if rpc_socket is not None:
+        rpc = await start_rpc(runtime, rpc_socket, parts.access_log, parts.idempotency)
+    if not worker and settings.http_workers > 1 and roles & SHARED_ROLES:
+        workers = await _start_workers(settings, runtime, roles)
     tasks = [asyncio.create_task(server.serve(sockets=sockets)) for server, sockets in listeners]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -1,8 +1,9 @@
-"""HTTP_WORKERS: the public listener served by several processes on one port.
+"""HTTP_WORKERS: the public HTTP listener and the gRPC listener served by several processes, each on its port.
 
-The process running `serve` or `api` binds the public port, serves it itself, and starts HTTP_WORKERS − 1
-children (`python -m pandora_users.workers`) that run the public listener only. Every process binds its own
-socket with SO_REUSEPORT, so the kernel hands each new connection to one of them by a hash of its addresses: many
+The process running `serve`, `api` or `rpc` binds those ports, serves them itself, and starts HTTP_WORKERS − 1
+children (`python -m pandora_users.workers`) that run the same two listeners only (never the admin listener,
+the projectors or the retention job; those stay in the parent). Every process binds its own socket per port with
+SO_REUSEPORT, so the kernel hands each new connection to one of them by a hash of its addresses: many
 connections spread evenly, a handful may not (8/4 of 12 is common). A shared accept queue was worse: the process
 that is already awake accepts a whole burst of connections, keep-alive pins them there, and the others idle.
 
@@ -31,6 +32,9 @@ from pandora_users.config.settings import Settings
 from pandora_users.fatal import Fatal
 
 PARENT_ENV = "PANDORA_HTTP_WORKER_PARENT"
+ROLES_ENV = "PANDORA_HTTP_WORKER_ROLES"
+# The listeners worker children may share with their parent (the rest run once, in the parent).
+SHARED_ROLES = frozenset({"public", "rpc"})
 RESTART_PAUSE = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -45,7 +49,7 @@ def is_worker() -> bool:
 
 
 def bind(host: str, port: int, *, joining: bool = False, backlog: int = 2048) -> socket.socket:
-    """A listening socket on the public port, which the workers join (exit 1 when the port is taken).
+    """A listening socket on a port the workers share, which they join (exit 1 when the port is taken).
 
     The parent first binds without SO_REUSEPORT: that fails when anything, including another instance of this
     service, already listens there, so a second instance cannot silently join the group.
@@ -85,12 +89,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 class HttpWorkers:
-    """The parent's side: start, watch and stop the worker children of one listening socket."""
+    """The parent's side: start, watch and stop the worker children serving `roles` (of SHARED_ROLES)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roles: frozenset[str]) -> None:
         self._count = settings.http_workers - 1
         self._timeout = settings.shutdown_timeout
-        self._env = _worker_env(settings)
+        self._roles = roles & SHARED_ROLES
+        self._env = {**_worker_env(settings), ROLES_ENV: ",".join(sorted(self._roles))}
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -105,7 +110,7 @@ class HttpWorkers:
             await self._spawn(slot)
             self._watchers.append(asyncio.create_task(self._watch(slot)))
         if self._count:
-            logger.info("public listener: {} worker processes besides this one", self._count)
+            logger.info("{}: {} worker processes besides this one", " and ".join(sorted(self._roles)), self._count)
 
     def send(self, sig: signal.Signals) -> None:
         """Pass a signal on to every live child (SIGHUP: refresh secrets now, as this process does)."""
@@ -126,7 +131,7 @@ class HttpWorkers:
             if self._stopping:
                 return
             self.restarts += 1
-            logger.error("HTTP worker {} exited with status {}; restarting it", proc.pid, code)
+            logger.error("worker process {} exited with status {}; restarting it", proc.pid, code)
             await asyncio.sleep(RESTART_PAUSE)
             if self._stopping:
                 return
@@ -144,7 +149,7 @@ class HttpWorkers:
             _, pending = await asyncio.wait(waits, timeout=self._timeout + 5)
             for proc in live:
                 if proc.returncode is None:
-                    logger.error("HTTP worker {} did not stop in time; killing it", proc.pid)
+                    logger.error("worker process {} did not stop in time; killing it", proc.pid)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             if pending:
@@ -163,15 +168,21 @@ def _mark_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def worker_roles() -> frozenset[str]:
+    """The listeners this worker child serves, as its parent asked (never more than SHARED_ROLES)."""
+    asked = frozenset(os.environ.get(ROLES_ENV, "public").split(","))
+    return asked & SHARED_ROLES or frozenset({"public"})
+
+
 def main() -> int:
-    """A worker child: the public listener only."""
+    """A worker child: the public and/or gRPC listener, as its parent runs them."""
     # The parent passes SIGHUP on once its own refresher handles it; until this child's refresher does (or if
     # this child has none), SIGHUP must not end it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from pandora_users.cli import run_guarded
     from pandora_users.serve import serve
 
-    return run_guarded(lambda: serve(frozenset({"public"})))
+    return run_guarded(lambda: serve(worker_roles()))
 
 
 if __name__ == "__main__":

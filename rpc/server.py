@@ -9,6 +9,7 @@ connection (h2's advertised SETTINGS_MAX_CONCURRENT_STREAMS, checked by a test).
 from __future__ import annotations
 
 import functools
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -96,12 +97,14 @@ def rpc_deps(runtime: Runtime, feed: EventFeed, idempotency: IdempotencyStore | 
 
 async def start_rpc(
     runtime: Runtime,
-    host: str,
-    port: int,
+    sock: socket.socket,
     access_log: AccessLogWriter | None = None,
     idempotency: IdempotencyStore | None = None,
 ) -> RpcServer:
-    """Start the listener. Without `access_log` (a process serving gRPC only) it owns a writer of its own."""
+    """Start the listener on a bound socket (`workers.bind`).
+
+    Without `access_log` (a process serving gRPC only) it owns a writer of its own.
+    """
     s = runtime.settings
     owned = None
     if access_log is None:
@@ -129,6 +132,7 @@ async def start_rpc(
     await health.start()
     feed.start()
     tls = server_context(s.grpc_tls_cert_file, s.grpc_tls_key_file, s.grpc_tls_client_ca_file)
-    await server.start(host, port, ssl=tls)
+    await server.start(sock=sock, ssl=tls)
+    host, port = sock.getsockname()[:2]
     logger.info("gRPC listening on {}:{} ({})", host, port, "TLS" if tls else "plaintext")
     return rpc

@@ -1,4 +1,5 @@
-"""HTTP_WORKERS: several processes serve the public listener; their metrics add up; they live and die together."""
+"""HTTP_WORKERS: several processes serve the public and gRPC listeners; their metrics add up; they live and die
+together."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from prometheus_client.mmap_dict import MmapedDict
 
 from tests.e2e.conftest import Api, spawn_service
@@ -66,18 +69,23 @@ def _listening(port: int) -> int:
     return count
 
 
-def _per_process_health_counts(metrics_dir: Path) -> dict[int, float]:
+def _per_process_counts(metrics_dir: Path, *parts: str) -> dict[int, float]:
+    """Each process's sum of the counter samples whose key holds every one of `parts`."""
     counts: dict[int, float] = {}
     for path in metrics_dir.glob("counter_*.db"):
         pid = int(path.stem.split("_")[1])
         db = MmapedDict(str(path), read_mode=True)
         try:
             for key, value, _ in db.read_all_values():
-                if '"/health"' in key and '"2xx"' in key and "http_requests_total" in key:
+                if all(part in key for part in parts):
                     counts[pid] = counts.get(pid, 0.0) + value
         finally:
             db.close()
     return counts
+
+
+def _per_process_health_counts(metrics_dir: Path) -> dict[int, float]:
+    return _per_process_counts(metrics_dir, '"/health"', '"2xx"', "http_requests_total")
 
 
 def _wait_for(predicate: object, timeout: float = 90, log: Path | None = None) -> None:
@@ -109,6 +117,25 @@ def test_the_workers_share_the_load_and_their_counts_add_up(workers_api: tuple[A
     assert sum(per_process.values()) - before == 48 * 20
     exposed = _value(httpx.get(f"{api.admin_url}/metrics", timeout=10).text, HEALTH)
     assert exposed == sum(per_process.values())  # /metrics reports the sum of every worker's counter
+
+
+def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
+    api, metrics_dir = workers_api
+    port = api.service.grpc_port
+    _wait_for(lambda: _listening(port) == 3, log=api.service.log)
+    parts = ("grpc_requests_total", '"/grpc.health.v1.Health/Check"', '"OK"')
+    before = sum(_per_process_counts(metrics_dir, *parts).values())
+    for _ in range(30):  # a new connection each time: the kernel spreads them over the processes
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=HealthCheckRequest.SerializeToString,
+                response_deserializer=HealthCheckResponse.FromString,
+            )
+            assert check(HealthCheckRequest(), timeout=10).status == HealthCheckResponse.SERVING
+    per_process = _per_process_counts(metrics_dir, *parts)
+    assert sum(per_process.values()) - before == 30
+    assert len([pid for pid, count in per_process.items() if count > 0]) >= 2, per_process
 
 
 def test_a_killed_worker_is_replaced_and_nothing_is_refused(workers_api: tuple[Api, Path]) -> None:

@@ -44,6 +44,7 @@ from pandora_users.commands import registration
 from pandora_users.config.settings import Secret, ServiceToken, Settings, load_settings
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import ERROR_TABLE
+from pandora_users.workers import bind
 from projections.registry import Supervisor
 from rpc.auth import ServiceAuth
 from rpc.errors import STATUS_OF
@@ -68,10 +69,11 @@ class Env:
     port: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def serve_rpc(runtime: Runtime) -> tuple[RpcServer, int]:
+    """The gRPC listener on a free port, as `serve` starts it (a bound socket of `workers.bind`)."""
+    sock = bind("127.0.0.1", 0)
+    port = int(sock.getsockname()[1])
+    return await start_rpc(runtime, sock), port
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +103,7 @@ async def env(
     runtime = await build_runtime(settings, store)
     supervisor = Supervisor(projection_deps(settings, store), ("users", "event_log"), idle_poll=0.2)
     supervisor.start()
-    port = free_port()
-    rpc = await start_rpc(runtime, "127.0.0.1", port)
+    rpc, port = await serve_rpc(runtime)
     try:
         yield Env(settings, runtime, rpc, port)
     finally:
@@ -278,8 +279,7 @@ async def test_notify_wakes_a_following_stream_before_any_poll(env: Env) -> None
 
 
 async def test_shutdown_ends_streams_refuses_calls_and_reports_not_serving(env: Env) -> None:
-    port = free_port()
-    rpc = await start_rpc(env.runtime, "127.0.0.1", port)
+    rpc, port = await serve_rpc(env.runtime)
     channel = Channel("127.0.0.1", port)
     try:
         stub = UserServiceStub(channel)
@@ -361,8 +361,7 @@ async def test_mutual_tls_1_3(env: Env, tmp_path: Path) -> None:
         grpc_tls_key_file=files["server.key"],
         grpc_tls_client_ca_file=files["ca.crt"],
     )
-    port = free_port()
-    rpc = await start_rpc(dataclasses.replace(env.runtime, settings=settings), "127.0.0.1", port)
+    rpc, port = await serve_rpc(dataclasses.replace(env.runtime, settings=settings))
 
     def client(*, cert: bool, max_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=files["ca.crt"])
