@@ -6,9 +6,11 @@ that no domain error produced (a deadline, grpclib's own refusals, a shutdown) g
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import h2.exceptions
 from grpclib.const import Status
 from grpclib.server import Stream
 
@@ -57,8 +59,30 @@ def fallback_code(status: Status) -> str:
     return FALLBACK.get(status, "internal_error")
 
 
+# What writing an answer raises when the caller is gone (see `caller_gone`).
+SEND_FAILURES = (h2.exceptions.ProtocolError, RuntimeError)
+
+
 async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:
-    """End the call with the failure's status, message and `x-error-code`."""
-    await stream.send_trailing_metadata(
-        status=failure.status, status_message=failure.message, metadata=failure.trailers
-    )
+    """End the call with the failure's status, message and `x-error-code` (nothing when the caller is gone)."""
+    try:
+        await stream.send_trailing_metadata(
+            status=failure.status, status_message=failure.message, metadata=failure.trailers
+        )
+    except h2.exceptions.StreamClosedError:  # the caller reset the stream: nobody to tell
+        return
+    except SEND_FAILURES:
+        if not caller_gone(stream):
+            raise
+        await asyncio.sleep(0)  # the caller left: let grpclib's pending cancellation end the call
+
+
+def caller_gone(stream: Stream[Any, Any]) -> bool:
+    """True when the caller's connection is closing: grpclib closes it on the caller's GOAWAY or when it drops.
+
+    grpclib then cancels the calls of that connection, but a call that was already resumed in the same loop
+    iteration (its query answered, say) runs on until it writes, and that write fails (h2 ProtocolError "... in
+    state CLOSED", or RuntimeError from the closed transport).
+    """
+    protocol = stream._stream
+    return bool(protocol._transport.is_closing())

@@ -7,6 +7,7 @@ an unreachable database is UNAVAILABLE; anything unexpected is INTERNAL, with de
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from projections.queries.pagination import invalid
 from rpc.calls import Call, current_call, parse_user_id, receive, text
 from rpc.convert import event_from_dto, event_from_entry
 from rpc.deps import RpcDeps
-from rpc.errors import INTERNAL, UNAVAILABLE, Failure, send_failure
+from rpc.errors import INTERNAL, SEND_FAILURES, UNAVAILABLE, Failure, caller_gone, send_failure
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_grpc import UserServiceBase
 from rpc.history import history
@@ -123,6 +124,9 @@ class UserService(UserServiceBase):
             logger.warning("gRPC {}: database unavailable: {}: {}", call.route, type(exc).__name__, exc)
             await _fail(stream, call, UNAVAILABLE)
         except Exception as exc:  # noqa: BLE001 - answered INTERNAL, details only in the log
+            if isinstance(exc, SEND_FAILURES) and caller_gone(stream):
+                await asyncio.sleep(0)  # the caller left: let grpclib's pending cancellation end the call
+                return
             m.panics.labels("grpc").inc()
             logger.opt(exception=exc).error("gRPC {}: unhandled error", call.route)
             await _fail(stream, call, INTERNAL)
@@ -131,5 +135,4 @@ class UserService(UserServiceBase):
 async def _fail(stream: Stream[Any, Any], call: Call, failure: Failure) -> None:
     call.error_code = failure.code
     m.errors.labels(failure.code, "grpc").inc()
-    with contextlib.suppress(h2.exceptions.StreamClosedError):  # the client is gone: nobody to tell
-        await send_failure(stream, failure)
+    await send_failure(stream, failure)

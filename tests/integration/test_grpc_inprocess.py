@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -37,6 +38,8 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 from grpclib.testing import ChannelFor
+from loguru import logger
+from prometheus_client import REGISTRY
 
 from api.consistency import encode_token
 from pandora_users.bootstrap import Runtime, build_runtime, open_store, projection_deps
@@ -242,6 +245,105 @@ def _raw_call(
                         trailers = fields
             sock.sendall(conn.data_to_send())
     return max_streams, trailers
+
+
+def _request_headers(path: str) -> list[tuple[str, str]]:
+    return [
+        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "localhost"),
+        ("content-type", "application/grpc"), ("te", "trailers"), ("authorization", f"Bearer {TOKEN}"),
+    ]  # fmt: skip
+
+
+def _leave_mid_calls(port: int, path: str, message: bytes, calls: int, after: float) -> None:
+    """Start `calls` calls on one connection, send GOAWAY once the first answer came (or `after` seconds
+    passed), and read until the server closes the connection."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        conn.initiate_connection()
+        for stream_id in range(1, 2 * calls, 2):
+            conn.send_headers(stream_id, _request_headers(path))
+            conn.send_data(stream_id, _frame(message), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(after)
+        with contextlib.suppress(TimeoutError):
+            while not any(isinstance(e, h2.events.ResponseReceived) for e in conn.receive_data(sock.recv(65536))):
+                pass
+        sock.settimeout(15)
+        conn.close_connection()  # GOAWAY: the calls still running are cut off
+        sock.sendall(conn.data_to_send())
+        while sock.recv(65536):
+            pass
+
+
+def _grpc_count(rpc: str, status: str) -> float:
+    labels = {"method": f"/pandora.user.v1.UserService/{rpc}", "status": status}
+    return REGISTRY.get_sample_value("pandora_user_service_grpc_requests_total", labels) or 0.0
+
+
+def _panics() -> float:
+    return REGISTRY.get_sample_value("pandora_user_service_panics_total", {"component": "grpc"}) or 0.0
+
+
+async def _projected(env: Env, user_id: uuid.UUID) -> None:
+    for _ in range(100):
+        if await env.runtime.db.fetchval("SELECT 1 FROM users WHERE id = $1", user_id):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the user was not projected")
+
+
+async def _after_calls_ended(statuses: tuple[str, ...], expected: float) -> dict[str, float]:
+    """The GetUser counts by status once they add up to `expected` (the last calls end just after the close)."""
+    for _ in range(100):
+        counts = {status: _grpc_count("GetUser", status) for status in statuses}
+        if sum(counts.values()) >= expected:
+            return counts
+        await asyncio.sleep(0.05)
+    return counts
+
+
+async def test_a_call_waiting_when_its_caller_leaves_ends_cancelled(env: Env) -> None:
+    grant = await register(env)
+    await _projected(env, grant.user.id)
+    key = f"{env.settings.redis_key_prefix}consistency:service:wallet"
+    await env.runtime.redis.set(key, 10**12, ex=60)  # the caller's "last write" is far ahead: the call waits
+    before = _grpc_count("GetUser", "CANCELLED"), _grpc_count("GetUser", "SERVICE_BUSY")
+    request = pb.GetUserRequest(user_id=str(grant.user.id)).SerializeToString()
+    try:
+        await asyncio.to_thread(_leave_mid_calls, env.port, "/pandora.user.v1.UserService/GetUser", request, 1, 0.3)
+        counts = await _after_calls_ended(("CANCELLED",), before[0] + 1)
+    finally:
+        await env.runtime.redis.delete(key)
+    assert counts["CANCELLED"] == before[0] + 1
+    assert _grpc_count("GetUser", "SERVICE_BUSY") == before[1]
+
+
+async def test_calls_answered_as_their_caller_leaves_end_cancelled_not_as_errors(env: Env) -> None:
+    """GOAWAY amid 32 calls, 10 times: the calls end OK or CANCELLED; none INTERNAL, no panic, nothing logged.
+
+    A call whose answer was ready in the loop iteration that handled the GOAWAY used to fail its write and be
+    counted and logged as an unhandled error (INTERNAL, a panic, and grpclib's "Failed to handle cancellation").
+    """
+    grant = await register(env)
+    await _projected(env, grant.user.id)
+    statuses = ("OK", "CANCELLED", "INTERNAL")
+    before = {status: _grpc_count("GetUser", status) for status in statuses}
+    panics = _panics()
+    errors: list[str] = []
+    sink = logger.add(lambda message: errors.append(str(message)), level="ERROR")
+    request = pb.GetUserRequest(user_id=str(grant.user.id)).SerializeToString()
+    path = "/pandora.user.v1.UserService/GetUser"
+    try:
+        for _ in range(10):
+            await asyncio.to_thread(_leave_mid_calls, env.port, path, request, 32, 1.0)
+        await asyncio.sleep(0.5)  # the last calls end just after their connection closed
+    finally:
+        logger.remove(sink)
+    counts = {status: _grpc_count("GetUser", status) for status in statuses}
+    assert counts["OK"] > before["OK"] and counts["CANCELLED"] > before["CANCELLED"]  # some answered, some cut off
+    assert counts["INTERNAL"] == before["INTERNAL"]
+    assert _panics() == panics
+    assert errors == []
 
 
 async def test_at_most_100_streams_and_the_server_enforces_deadlines(env: Env) -> None:
