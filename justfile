@@ -67,5 +67,5 @@ bench-read-side *ARGS: sync
 # Load benchmark of the whole service beside its references, one table (issue #8); --quick, --only a,b, --out FILE.
 # GLIBC_TUNABLES as in the container image (huge pages for Argon2's 64 MiB), for the service and the references alike.
 bench *ARGS: sync
-    @command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+    @command -v wrk >/dev/null && command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 {{py}} bench/run.py {{ARGS}}

@@ -6,8 +6,8 @@
    threads per HTTP worker) and a bare Litestar endpoint under uvicorn and granian with the service's workers.
 2. `pandora-users migrate` and `pandora-users serve` on a fresh database and Redis prefix, prod-like settings
    (rate limits off), accounts seeded over the API; register, login, overload, me, refresh with wrk; an admin
-   from `create-admin`, bulk users, admin list and search; gRPC via grpc_bench.py; `pandora-users rebuild users`;
-   peak memory of every service process.
+   from `create-admin`, bulk users, admin list and search; gRPC via grpc_bench.py (h2load);
+   `pandora-users rebuild users`; peak memory of every service process.
 3. The standalone benches: append_bench.py and projections_bench.py.
 4. One table on stdout, the raw results as JSON in --out. See bench/README.md.
 """
@@ -167,8 +167,8 @@ def run_standalone(b: Bench) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     b = Bench(args)
-    if not wrk_available():
-        say("error: wrk is not installed (apt-get install -y wrk; `just bench` does it)")
+    if not wrk_available() or (b.wants("grpc") and shutil.which("h2load") is None):
+        say("error: wrk or h2load is not installed (apt-get install -y wrk nghttp2-client; `just bench` does it)")
         return 2
     say(
         f"pandora-users bench {b.run_id}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "

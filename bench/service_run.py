@@ -64,7 +64,13 @@ def _grpc(b: Bench, service: service_proc.Service, user_id: str) -> dict[str, An
     return {
         "concurrency": c,
         **sub_benches.grpc(
-            service.grpc_target, token, user_id, concurrency=c, seconds=b.args.seconds, warmup=b.args.warmup
+            service.grpc_target,
+            token,
+            user_id,
+            f"{service.admin_url}/metrics",
+            concurrency=c,
+            seconds=b.args.seconds,
+            warmup=b.args.warmup,
         ),
     }
 

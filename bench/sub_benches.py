@@ -56,8 +56,10 @@ def _script(name: str, args: list[str], env: dict[str, str], timeout: float) -> 
     )
 
 
-def grpc(target: str, token: str, user_id: str, *, concurrency: int, seconds: float, warmup: float) -> dict[str, Any]:
-    args = [target, token, user_id, "--concurrency", str(concurrency), "--seconds", str(seconds)]
+def grpc(
+    target: str, token: str, user_id: str, metrics: str, *, concurrency: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    args = [target, token, user_id, "--metrics", metrics, "--concurrency", str(concurrency), "--seconds", str(seconds)]
     done = _script("grpc_bench.py", [*args, "--warmup", str(warmup)], dict(os.environ), 2 * (seconds + warmup) + 120)
     results: dict[str, Any] = {"returncode": done.returncode, "output": done.stdout.strip()}
     for line in done.stdout.splitlines():
