@@ -85,11 +85,13 @@ def h2load(
         rows = [line.split("\t") for line in log.read_text().splitlines() if line]
     latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
     total, finished, succeeded, failed, errored = (int(x) for x in counts.groups())
+    unanswered = sum(int(row[1]) <= 0 for row in rows)  # no status at all: still in flight when h2load stopped
     return {
         "rps": float(rate[1]),
         "latencies": latencies,  # type: ignore[dict-item]
-        "http_failures": failed + errored + (total - finished),
-        "non_200": sum(row[1] != "200" for row in rows),
+        "http_failures": failed + errored,
+        "non_200": sum(row[1] != "200" for row in rows) - unanswered,
+        "unfinished": total - finished + unanswered,
         "succeeded": succeeded,
     }
 
@@ -187,7 +189,7 @@ async def main(argv: list[str] | None = None) -> int:
         )
         after = grpc_statuses(args.metrics)
         statuses = {status: after[key] - before[key] for key in after if key[0] == rpc and (status := key[1]) != "OK"}
-        cut_off = statuses.pop("CANCELLED", 0)
+        cut_off = max(statuses.pop("CANCELLED", 0), int(result["unfinished"]))
         errors = sum(statuses.values()) + int(result["http_failures"]) + int(result["non_200"])
         detail = ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()) if n)
         note = f"  [{detail}]" if detail else ""

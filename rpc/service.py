@@ -126,10 +126,25 @@ class UserService(UserServiceBase):
         except Exception as exc:  # noqa: BLE001 - answered INTERNAL, details only in the log
             if isinstance(exc, SEND_FAILURES) and caller_gone(stream):
                 await asyncio.sleep(0)  # the caller left: let grpclib's pending cancellation end the call
-                return
-            m.panics.labels("grpc").inc()
-            logger.opt(exception=exc).error("gRPC {}: unhandled error", call.route)
-            await _fail(stream, call, INTERNAL)
+            else:
+                m.panics.labels("grpc").inc()
+                logger.opt(exception=exc).error("gRPC {}: unhandled error", call.route)
+                await _fail(stream, call, INTERNAL)
+        end_if_cancelled()
+
+
+def end_if_cancelled() -> None:
+    """End the call with CancelledError if its task was cancelled and the call got past it.
+
+    When the caller leaves, grpclib cancels the calls of the connection and expects each to end with
+    CancelledError; one that ends otherwise is logged as an error ("Failed to handle cancellation"). A call cut
+    off as its answer was being written was seen to end normally, its task cancelled all the same (the write
+    failed, see `caller_gone`, or went into the lost connection, which asyncio drops silently). Its caller never
+    got the answer: it ends cancelled.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _fail(stream: Stream[Any, Any], call: Call, failure: Failure) -> None:
