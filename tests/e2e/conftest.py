@@ -82,7 +82,10 @@ def spawn_service(
     )
     service = Service(env, workdir, free_port(), command)
     try:
-        service.wait_ready(timeout=60)
+        if command == "rpc":
+            service.wait_grpc_serving(timeout=60)
+        else:
+            service.wait_ready(timeout=60)
         yield Api(service, database_url, redis_url, stream, prefix, env)
     finally:
         service.stop()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 
 EXE = str(Path(sys.executable).with_name("pandora-users"))
@@ -72,6 +73,28 @@ class Service:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"not ready within {timeout} s:\n{self.log.read_text()}")
+
+    def wait_grpc_serving(self, timeout: float = 60) -> None:
+        """Until grpc.health.v1 says SERVING (a process without HTTP: the `rpc` role)."""
+        from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.proc.args} exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            with grpc.insecure_channel(self.grpc_target) as channel:
+                check = channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=HealthCheckRequest.SerializeToString,
+                    response_deserializer=HealthCheckResponse.FromString,
+                )
+                try:
+                    if check(HealthCheckRequest(), timeout=2).status == HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.2)
+        raise AssertionError(f"not serving within {timeout} s:\n{self.log.read_text()}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -119,13 +119,12 @@ def test_the_workers_share_the_load_and_their_counts_add_up(workers_api: tuple[A
     assert exposed == sum(per_process.values())  # /metrics reports the sum of every worker's counter
 
 
-def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
-    api, metrics_dir = workers_api
-    port = api.service.grpc_port
-    _wait_for(lambda: _listening(port) == 3, log=api.service.log)
-    parts = ("grpc_requests_total", '"/grpc.health.v1.Health/Check"', '"OK"')
-    before = sum(_per_process_counts(metrics_dir, *parts).values())
-    for _ in range(30):  # a new connection each time: the kernel spreads them over the processes
+GRPC_HEALTH = ("grpc_requests_total", '"/grpc.health.v1.Health/Check"', '"OK"')
+
+
+def _health_checks(port: int, calls: int) -> None:
+    """`calls` gRPC health checks, each on a new connection (the kernel spreads them over the processes)."""
+    for _ in range(calls):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             check = channel.unary_unary(
                 "/grpc.health.v1.Health/Check",
@@ -133,7 +132,15 @@ def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
                 response_deserializer=HealthCheckResponse.FromString,
             )
             assert check(HealthCheckRequest(), timeout=10).status == HealthCheckResponse.SERVING
-    per_process = _per_process_counts(metrics_dir, *parts)
+
+
+def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
+    api, metrics_dir = workers_api
+    port = api.service.grpc_port
+    _wait_for(lambda: _listening(port) == 3, log=api.service.log)
+    before = sum(_per_process_counts(metrics_dir, *GRPC_HEALTH).values())
+    _health_checks(port, 30)
+    per_process = _per_process_counts(metrics_dir, *GRPC_HEALTH)
     assert sum(per_process.values()) - before == 30
     assert len([pid for pid, count in per_process.items() if count > 0]) >= 2, per_process
 
@@ -196,6 +203,25 @@ def test_the_api_role_exposes_its_workers_summed_counts_on_metrics_port(
         assert _value(text, HEALTH) == 30  # the sum over both processes
         assert "process_resident_memory_bytes" in text
         assert api.service.stop(signal.SIGTERM) == 0
+
+
+def test_the_rpc_role_serves_grpc_from_its_workers_and_nothing_else(
+    server_url: str, template_db: str, redis_url: str, tmp_path: Path
+) -> None:
+    port, metrics_dir = free_port(), tmp_path / "metrics"
+    metrics_dir.mkdir()
+    overrides = {"HTTP_WORKERS": "2", "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with spawn_service(server_url, template_db, redis_url, tmp_path, "rpc", **overrides) as rpc:
+        _wait_for(lambda: _listening(rpc.service.grpc_port) == 2, log=rpc.service.log)
+        assert len(_workers(rpc)) == 1
+        assert _listening(rpc.service.port) == 0 and _listening(rpc.service.admin_port) == 0  # gRPC only
+        _health_checks(rpc.service.grpc_port, 30)
+        per_process = _per_process_counts(metrics_dir, *GRPC_HEALTH)
+        assert len([pid for pid, count in per_process.items() if count > 0]) == 2, per_process
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        health = _value(text, "pandora_user_service_grpc_requests_total", method="/grpc.health.v1.Health/Check")
+        assert health == sum(per_process.values()) >= 30  # the sum over both processes (and the readiness probes)
+        assert rpc.service.stop(signal.SIGTERM) == 0
 
 
 def _kids_seen(url: str, tries: int = 24) -> set[frozenset[str]]:
