@@ -14,8 +14,9 @@ with a non-zero `grpc-status` trailer, so the errors are read from the service i
 cuts off when its time is up are CANCELLED and counted apart). One call with the official grpcio client first
 checks the target, token and user (and that a real gRPC client gets a real answer).
 
-`--client grpcio` drives the load with the grpcio asyncio client over one channel instead: it costs about as much
-CPU per call as the server on this machine, so it measures the client as much as the service.
+`--client grpcio` drives the load with the grpcio asyncio client over one channel instead: every call lands on one
+worker process, and the Python client's own CPU per call (a sizeable fraction of the server's) comes out of the
+same cores.
 """
 
 from __future__ import annotations
