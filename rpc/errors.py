@@ -59,7 +59,8 @@ def fallback_code(status: Status) -> str:
     return FALLBACK.get(status, "internal_error")
 
 
-# What writing an answer raises when the caller is gone (see `caller_gone`).
+# What writing an answer raises when its caller has left: h2's ProtocolError ("... in state CLOSED"), or
+# RuntimeError from the closed transport.
 SEND_FAILURES = (h2.exceptions.ProtocolError, RuntimeError)
 
 
@@ -72,17 +73,30 @@ async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:
     except h2.exceptions.StreamClosedError:  # the caller reset the stream: nobody to tell
         return
     except SEND_FAILURES:
-        if not caller_gone(stream):
-            raise
-        await asyncio.sleep(0)  # the caller left: let grpclib's pending cancellation end the call
+        await ended_if_caller_left()
+        raise
 
 
-def caller_gone(stream: Stream[Any, Any]) -> bool:
-    """True when the caller's connection is closing: grpclib closes it on the caller's GOAWAY or when it drops.
+async def ended_if_caller_left() -> None:
+    """After a write failed (SEND_FAILURES): end the call cancelled if its caller left; return if it did not.
 
-    grpclib then cancels the calls of that connection, but a call that was already resumed in the same loop
-    iteration (its query answered, say) runs on until it writes, and that write fails (h2 ProtocolError "... in
-    state CLOSED", or RuntimeError from the closed transport).
+    When a caller leaves (GOAWAY, or a dropped connection), grpclib closes the connection and cancels its calls.
+    A call already resumed in that loop iteration (its query answered, say) runs on until it writes, and the
+    write fails. One more turn of the loop lets a cancellation still on its way (a lost connection is reported one
+    callback later) reach the call.
     """
-    protocol = stream._stream
-    return bool(protocol._transport.is_closing())
+    await asyncio.sleep(0)
+    end_if_cancelled()
+
+
+def end_if_cancelled() -> None:
+    """End the call with CancelledError if its task was cancelled and the call got past it.
+
+    grpclib expects a cancelled call to end with CancelledError and logs any other ending as an error ("Failed
+    to handle cancellation"). A call cut off as its answer was being written was seen to end normally, its task
+    cancelled all the same (its write failed, or went into the lost connection, which asyncio drops silently).
+    Its caller never got the answer: it ends cancelled.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -7,7 +7,6 @@ an unreachable database is UNAVAILABLE; anything unexpected is INTERNAL, with de
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,7 +25,15 @@ from projections.queries.pagination import invalid
 from rpc.calls import Call, current_call, parse_user_id, receive, text
 from rpc.convert import event_from_dto, event_from_entry
 from rpc.deps import RpcDeps
-from rpc.errors import INTERNAL, SEND_FAILURES, UNAVAILABLE, Failure, caller_gone, send_failure
+from rpc.errors import (
+    INTERNAL,
+    SEND_FAILURES,
+    UNAVAILABLE,
+    Failure,
+    end_if_cancelled,
+    ended_if_caller_left,
+    send_failure,
+)
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_grpc import UserServiceBase
 from rpc.history import history
@@ -124,27 +131,12 @@ class UserService(UserServiceBase):
             logger.warning("gRPC {}: database unavailable: {}: {}", call.route, type(exc).__name__, exc)
             await _fail(stream, call, UNAVAILABLE)
         except Exception as exc:  # noqa: BLE001 - answered INTERNAL, details only in the log
-            if isinstance(exc, SEND_FAILURES) and caller_gone(stream):
-                await asyncio.sleep(0)  # the caller left: let grpclib's pending cancellation end the call
-            else:
-                m.panics.labels("grpc").inc()
-                logger.opt(exception=exc).error("gRPC {}: unhandled error", call.route)
-                await _fail(stream, call, INTERNAL)
+            if isinstance(exc, SEND_FAILURES):
+                await ended_if_caller_left()
+            m.panics.labels("grpc").inc()
+            logger.opt(exception=exc).error("gRPC {}: unhandled error", call.route)
+            await _fail(stream, call, INTERNAL)
         end_if_cancelled()
-
-
-def end_if_cancelled() -> None:
-    """End the call with CancelledError if its task was cancelled and the call got past it.
-
-    When the caller leaves, grpclib cancels the calls of the connection and expects each to end with
-    CancelledError; one that ends otherwise is logged as an error ("Failed to handle cancellation"). A call cut
-    off as its answer was being written was seen to end normally, its task cancelled all the same (the write
-    failed, see `caller_gone`, or went into the lost connection, which asyncio drops silently). Its caller never
-    got the answer: it ends cancelled.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def _fail(stream: Stream[Any, Any], call: Call, failure: Failure) -> None:

@@ -47,10 +47,11 @@ from pandora_users.bootstrap import Runtime, build_runtime, open_store, projecti
 from pandora_users.commands import registration
 from pandora_users.config.settings import Secret, ServiceToken, Settings, load_settings
 from pandora_users.domain.context import Context
-from pandora_users.domain.errors import ERROR_TABLE
+from pandora_users.domain.errors import ERROR_TABLE, UserNotFound
 from pandora_users.workers import bind
 from projections.registry import Supervisor
 from rpc.auth import ServiceAuth
+from rpc.deps import RpcDeps
 from rpc.errors import STATUS_OF
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_grpc import UserServiceStub
@@ -320,6 +321,30 @@ async def test_a_call_waiting_when_its_caller_leaves_ends_cancelled(env: Env) ->
         await env.runtime.redis.delete(key)
     assert counts["CANCELLED"] == before[0] + 1
     assert _grpc_count("GetUser", "SERVICE_BUSY") == before[1]
+
+
+async def test_a_call_that_swallows_its_cancellation_still_ends_cancelled(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call whose cancellation something swallowed (Python 3.11's asyncio.wait_for can) and which then answers
+    as if nothing happened ends as one call (counted under the status it wrote), with no error logged: grpclib
+    logs "Failed to handle cancellation" for a cancelled call that does not end with CancelledError."""
+
+    async def swallowing_wait(self: RpcDeps, call: Any, projections: Any) -> int:
+        with contextlib.suppress(asyncio.CancelledError):  # the caller leaves while the call waits here
+            await asyncio.sleep(30)
+        raise UserNotFound()  # answered as if nothing happened
+
+    monkeypatch.setattr(RpcDeps, "read_wait", swallowing_wait)
+    statuses = ("NOT_FOUND", "CANCELLED", "INTERNAL", "UNKNOWN")
+    before = {status: _grpc_count("GetUser", status) for status in statuses}
+    request = pb.GetUserRequest(user_id=str(uuid.uuid4())).SerializeToString()
+    path = "/pandora.user.v1.UserService/GetUser"
+    # A dropped connection: asyncio then drops the call's writes silently, so nothing else ends it cancelled.
+    await asyncio.to_thread(_leave_mid_calls, env.port, path, request, 1, 0.3, goaway=False)
+    counts = await _after_calls_ended(statuses, sum(before.values()) + 1)
+    assert counts == {**before, "NOT_FOUND": before["NOT_FOUND"] + 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize("goaway", [True, False], ids=["goaway", "dropped"])
