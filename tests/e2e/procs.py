@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 EXE = str(Path(sys.executable).with_name("pandora-users"))
 
@@ -20,6 +21,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def health_check(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """grpc.health.v1 `Check` through the official grpcio client."""
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=HealthCheckRequest.SerializeToString,
+        response_deserializer=HealthCheckResponse.FromString,
+    )
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -76,20 +86,13 @@ class Service:
 
     def wait_grpc_serving(self, timeout: float = 60) -> None:
         """Until grpc.health.v1 says SERVING (a process without HTTP: the `rpc` role)."""
-        from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.proc.args} exited with {self.proc.returncode}:\n{self.log.read_text()}")
             with grpc.insecure_channel(self.grpc_target) as channel:
-                check = channel.unary_unary(
-                    "/grpc.health.v1.Health/Check",
-                    request_serializer=HealthCheckRequest.SerializeToString,
-                    response_deserializer=HealthCheckResponse.FromString,
-                )
                 try:
-                    if check(HealthCheckRequest(), timeout=2).status == HealthCheckResponse.SERVING:
+                    if health_check(channel)(HealthCheckRequest(), timeout=2).status == HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     pass

@@ -24,6 +24,7 @@ from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest, Server
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_pb2_grpc import UserServiceStub
 from tests.e2e.conftest import KYC_TOKEN, SERVICE_TOKEN, Api
+from tests.e2e.procs import health_check
 from tests.e2e.test_public_api import PASSWORD, bearer
 
 WALLET = (("authorization", f"Bearer {SERVICE_TOKEN}"),)
@@ -433,11 +434,7 @@ def test_oversized_message_is_refused_and_the_server_keeps_serving(stub: UserSer
 
 
 def test_health_serving_and_reflection_off(channel: grpc.Channel) -> None:
-    check = channel.unary_unary(
-        "/grpc.health.v1.Health/Check",
-        request_serializer=HealthCheckRequest.SerializeToString,
-        response_deserializer=HealthCheckResponse.FromString,
-    )
+    check = health_check(channel)
     for service in ("", "pandora.user.v1.UserService"):
         assert check(HealthCheckRequest(service=service), timeout=10).status == HealthCheckResponse.SERVING
     assert fails(check, HealthCheckRequest(service="nope"), timeout=10).code() == grpc.StatusCode.NOT_FOUND

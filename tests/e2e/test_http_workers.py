@@ -17,7 +17,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from prometheus_client.mmap_dict import MmapedDict
 
 from tests.e2e.conftest import Api, spawn_service
-from tests.e2e.procs import free_port, run_cli
+from tests.e2e.procs import free_port, health_check, run_cli
 from tests.e2e.test_metrics import _value
 from tests.integration.test_vault import ed25519_pem
 
@@ -126,12 +126,7 @@ def _health_checks(port: int, calls: int) -> None:
     """`calls` gRPC health checks, each on a new connection (the kernel spreads them over the processes)."""
     for _ in range(calls):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            check = channel.unary_unary(
-                "/grpc.health.v1.Health/Check",
-                request_serializer=HealthCheckRequest.SerializeToString,
-                response_deserializer=HealthCheckResponse.FromString,
-            )
-            assert check(HealthCheckRequest(), timeout=10).status == HealthCheckResponse.SERVING
+            assert health_check(channel)(HealthCheckRequest(), timeout=10).status == HealthCheckResponse.SERVING
 
 
 def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
