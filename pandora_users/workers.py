@@ -170,8 +170,7 @@ def _mark_dead(pid: int) -> None:
 
 def worker_roles() -> frozenset[str]:
     """The listeners this worker child serves, as its parent asked (never more than SHARED_ROLES)."""
-    asked = frozenset(os.environ.get(ROLES_ENV, "public").split(","))
-    return asked & SHARED_ROLES or frozenset({"public"})
+    return frozenset(os.environ[ROLES_ENV].split(",")) & SHARED_ROLES
 
 
 def main() -> int:
