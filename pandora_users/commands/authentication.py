@@ -9,14 +9,14 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pandora_users.commands.base import EndedSession, WriteSide, Written, with_retries
+from pandora_users.commands.base import MAX_ATTEMPTS, EndedSession, WriteSide, Written, with_retries
 from pandora_users.commands.registration import SessionGrant
 from pandora_users.commands.sessions import Batch, commit, end_one, load_session
 from pandora_users.domain import email_index
 from pandora_users.domain import session as session_agg
 from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context
-from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken
+from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken, ServiceBusy
 from pandora_users.domain.fields import canonical_email
 from pandora_users.domain.user import User
 from pandora_users.security.passwords import normalize_password
@@ -24,11 +24,14 @@ from pandora_users.security.tokens import hash_opaque_token, new_opaque_token
 from pandora_users.store import credentials as cred
 
 SYSTEM = {"actor_id": "system", "actor_role": "system"}
+# The compare-and-set of SPEC §6.4 step 5: it succeeds only while the token is the session's current one, the
+# session is live and the user is still at the version whose state was checked.
 ROTATE = (
-    "WITH s AS (UPDATE sessions SET generation = generation + 1, last_used_at = %s"
-    " WHERE id = %s AND generation = %s AND ended_at IS NULL AND expires_at > %s RETURNING id, generation)"
+    "WITH rotated AS (UPDATE sessions s SET generation = generation + 1, last_used_at = %s"  # noqa: S608
+    " WHERE id = %s AND generation = %s AND ended_at IS NULL AND expires_at > %s"
+    f" AND {cred.USER_VERSION} = %s RETURNING id, generation)"
     " INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
-    " SELECT %s, id, generation, %s FROM s"
+    " SELECT %s, id, generation, %s FROM rotated"
 )
 
 
@@ -220,27 +223,38 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
 def _rotate_if_valid(
     w: WriteSide, token_hash: bytes, new_hash: bytes, audience: str, ctx: Context
 ) -> tuple[dict[str, Any], User, bool] | None:
-    """On the write pool, in one hop: the token's session, its user, then the compare-and-set (False: the token
-    is not the session's current one). None when the token cannot be refreshed. Each step takes its own pooled
-    connection and gives it back: a thread never holds two (the pool is as large as the thread pool)."""
-    row = cred.refresh_token_row(w.store.datastore, token_hash)
-    if row is None or row["ended_at"] is not None or ctx.now >= row["expires_at"] or row["audience"] != audience:
-        return None
+    """On the write pool, in one hop: the token's session with its user's version, the user (from this process's
+    recent loads when it has that version), then the compare-and-set (False: the token is not the session's
+    current one). None when the token cannot be refreshed. Each statement takes its own pooled connection and
+    gives it back: a thread never holds two (the pool is as large as the thread pool).
+
+    The compare-and-set misses when, since the first read, a concurrent refresh rotated the token, the session
+    ended or the user changed; the next round reads again and decides on the new state."""
+    for _ in range(MAX_ATTEMPTS):
+        row = cred.refresh_token_row(w.store.datastore, token_hash)
+        if row is None or not _live(w, row, audience, ctx.now):
+            return None
+        user = w.store.load_user_at(row["user_id"], row["user_version"], user_agg.project)
+        if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
+            return None
+        if row["token_generation"] != row["generation"]:
+            return row, user, False
+        if _rotate(w, row["id"], row["generation"], user.version, new_hash, ctx.now):
+            return row, user, True
+    raise ServiceBusy(extra={"retry_after_seconds": 1})
+
+
+def _live(w: WriteSide, row: dict[str, Any], audience: str, now: datetime) -> bool:
+    """The session has not ended, expired or idled out, and belongs to this endpoint's audience."""
+    if row["ended_at"] is not None or now >= row["expires_at"] or row["audience"] != audience:
+        return False
     idle = w.config.session_idle_timeout
-    if idle and (ctx.now - row["last_used_at"]).total_seconds() >= idle:
-        return None
-    user = w.store.load(row["user_id"], user_agg.project)
-    if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
-        return None
-    rotated = row["token_generation"] == row["generation"] and _rotate(
-        w, row["id"], row["generation"], new_hash, ctx.now
-    )
-    return row, user, rotated
+    return not (idle and (now - row["last_used_at"]).total_seconds() >= idle)
 
 
-def _rotate(w: WriteSide, session_id: UUID, generation: int, new_hash: bytes, now: datetime) -> bool:
+def _rotate(w: WriteSide, session_id: UUID, generation: int, user_version: int, new_hash: bytes, now: datetime) -> bool:
     with w.store.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(ROTATE.encode(), (now, session_id, generation, now, new_hash, now), prepare=True)
+        curs.execute(ROTATE.encode(), (now, session_id, generation, now, user_version, new_hash, now), prepare=True)
         return bool(curs.rowcount == 1)
 
 

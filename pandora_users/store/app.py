@@ -18,14 +18,17 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import get_topic
 from psycopg_pool import ConnectionPool
 
+from pandora_users.domain.context import AggregateState
 from pandora_users.domain.events import DomainEvent, UserKycUpdated
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
 from pandora_users.store.keys import KeyInvalidation, KeyStore, psycopg_fetcher
 from pandora_users.store.mapper import PersonalDataMapper
+from pandora_users.store.recent import RecentStates
 from pandora_users.store.recorder import CredentialOp, PandoraRecorder, SerialRecorder
 
 S = TypeVar("S")
+A = TypeVar("A", bound=AggregateState)
 # The command being run on this thread (metrics label); set by the commands' retry loop.
 CURRENT_COMMAND: ContextVar[str] = ContextVar("pandora_command", default="other")
 APP_NAME = "Pandora"
@@ -123,6 +126,7 @@ class EventStore(Application[UUID]):
 
     def __init__(self, env: dict[str, str], kek: bytes) -> None:
         self.keys = KeyStore(kek, self._fetch_wrapped_key)
+        self.recent_users: RecentStates[Any] = RecentStates(self.keys)
         super().__init__(env)
 
     def listen_for_key_destruction(self, conninfo: str) -> None:
@@ -152,6 +156,18 @@ class EventStore(Application[UUID]):
             state: S = self.repository.get(aggregate_id, projector_func=project)  # type: ignore[type-var,assignment]
         except AggregateNotFoundError:
             return None
+        return state
+
+    def load_user_at(
+        self, user_id: UUID, version: int, project: Callable[[A | None, Iterable[DomainEvent]], A | None]
+    ) -> A | None:
+        """The user as this process last loaded it when that was at `version` (see `RecentStates`), else loaded
+        now: then its current state, which may be newer than `version`."""
+        state: A | None = self.recent_users.get(user_id, version)
+        if state is None:
+            state = self.load(user_id, project)
+            if state is not None:
+                self.recent_users.put(state)
         return state
 
     def append(self, events: Sequence[DomainEvent], ops: Sequence[CredentialOp] = ()) -> int | None:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pandora_users.store.app import EVENTS_TABLE
 from pandora_users.store.keys import DELETE_KEY, INSERT_KEY, NOTIFY_DESTROYED
 from pandora_users.store.recorder import CredentialOp
 
@@ -181,12 +182,16 @@ def session_row(datastore: Any, session_id: UUID) -> dict[str, Any] | None:
     return _one(datastore, "SELECT * FROM sessions WHERE id = %s", (session_id,))
 
 
+# The version of the session's user: the last event of its aggregate (one probe of the events' primary key).
+USER_VERSION = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = s.user_id)"  # noqa: S608
+
+
 def refresh_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:
-    """The session a refresh token belongs to, with the token's generation."""
+    """The session a refresh token belongs to, with the token's generation and the user's current version."""
     return _one(
         datastore,
-        "SELECT s.*, r.generation AS token_generation FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id"
-        " WHERE r.token_hash = %s",
+        f"SELECT s.*, r.generation AS token_generation, {USER_VERSION} AS user_version"  # noqa: S608
+        " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = %s",
         (token_hash,),
     )
 

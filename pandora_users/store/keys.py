@@ -61,6 +61,12 @@ class KeyStore:
         self._remember(user_id, key)
         return key
 
+    def holds(self, user_id: UUID) -> bool:
+        """Whether this process has the user's key in its cache, unexpired (without fetching it)."""
+        with self._lock:
+            hit = self._cache.get(user_id)
+        return hit is not None and hit[1] > self._clock()
+
     def new_key(self, user_id: UUID) -> tuple[bytes, bytes]:
         """A fresh data key (cached for the coming save) and its wrapped form to store."""
         key = os.urandom(32)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
 
+from pandora_users.commands import account, admin, registration, sessions
 from pandora_users.commands import authentication as auth
-from pandora_users.commands import registration, sessions
 from pandora_users.commands.authentication import LoginAttempt, RefreshAttempt
 from pandora_users.commands.base import WriteSide
 from pandora_users.domain import events as ev
+from pandora_users.domain import user as user_agg
 from pandora_users.domain.context import Context
 from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken, ServiceBusy
+from pandora_users.security.tokens import hash_opaque_token
+from pandora_users.store import credentials as cred
 from tests.integration.test_registration import PASSWORD, reg
 
 
@@ -169,3 +173,114 @@ async def test_logout_all_ends_everything_then_is_a_noop(write_side: WriteSide) 
     assert len(written.ended_sessions) == 2 and written.position is not None
     again = await sessions.log_out_all(write_side, grant.user.id, Context())
     assert again.position is None and again.ended_sessions == ()
+
+
+def _count_user_loads(w: WriteSide, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every full load of a user's events by this write side (the user ids, in order)."""
+    loads: list[object] = []
+    load = w.store.load
+
+    def counting(aggregate_id: Any, project: Any) -> Any:
+        if project is user_agg.project:
+            loads.append(aggregate_id)
+        return load(aggregate_id, project)
+
+    monkeypatch.setattr(w.store, "load", counting)
+    return loads
+
+
+async def test_refresh_serves_a_known_version_of_the_user_without_loading_it(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await _user(write_side)
+    loads = _count_user_loads(write_side, monkeypatch)
+    first = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    second = await auth.refresh(write_side, RefreshAttempt(first.refresh_token), Context())
+    assert loads == [grant.user.id] and second.user == first.user
+    await account.update_profile(
+        write_side, grant.user.id, first_name="Annette", last_name=None, if_match=None, ctx=Context()
+    )
+    loads.clear()
+    third = await auth.refresh(write_side, RefreshAttempt(second.refresh_token), Context())
+    assert loads == [grant.user.id]  # the new version is loaded, never served stale
+    assert (third.user.first_name, third.user.version) == ("Annette", first.user.version + 1)
+
+
+def _between_check_and_rotation(w: WriteSide, monkeypatch: pytest.MonkeyPatch, change: Any, times: int = 1) -> None:
+    """Run `change` (a command, on its own event loop) after refresh has checked the user and before its
+    compare-and-set, the first `times` times."""
+    load_user_at = w.store.load_user_at
+    done: list[bool] = []
+
+    def then_change(*args: Any) -> Any:
+        user = load_user_at(*args)
+        if len(done) < times:
+            done.append(True)
+            asyncio.run(change())
+        return user
+
+    monkeypatch.setattr(w.store, "load_user_at", then_change)
+
+
+async def test_a_user_changed_before_the_rotation_is_read_again(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access token carries the user's current email and role (SPEC §6.4 step 6): a change committed after the
+    check makes the compare-and-set miss, and the refresh decides again on the new state."""
+    grant = await _user(write_side)
+    user_id = grant.user.id
+    _between_check_and_rotation(
+        write_side,
+        monkeypatch,
+        lambda: account.update_profile(
+            write_side, user_id, first_name="Annette", last_name=None, if_match=None, ctx=Context()
+        ),
+    )
+    refreshed = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    assert (refreshed.user.first_name, refreshed.user.version) == ("Annette", grant.user.version + 1)
+    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(refreshed.refresh_token))
+    assert row is not None and row["generation"] == row["token_generation"] == 1  # rotated once
+
+
+async def test_a_user_who_keeps_changing_gets_service_busy_and_nothing_rotates(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await _user(write_side)
+    user_id, names = grant.user.id, iter(["Anna", "Annette", "Annie", "Anouk"])
+    _between_check_and_rotation(
+        write_side,
+        monkeypatch,
+        lambda: account.update_profile(
+            write_side, user_id, first_name=next(names), last_name=None, if_match=None, ctx=Context()
+        ),
+        times=3,
+    )
+    with pytest.raises(ServiceBusy):
+        await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    again = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())  # not taken for reuse
+    assert (again.user.first_name, again.user.version) == ("Annie", grant.user.version + 3)
+
+
+async def test_a_user_deleted_before_the_rotation_is_refused_and_nothing_rotates(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await _user(write_side)
+    user_id = grant.user.id
+    _between_check_and_rotation(
+        write_side,
+        monkeypatch,
+        lambda: account.delete_user(write_side, user_id, if_match=None, ctx=Context(), must_be_live=True),
+    )
+    with pytest.raises(InvalidRefreshToken):
+        await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(grant.refresh_token))
+    assert row is not None and row["generation"] == 0 and row["end_reason"] == "account_deleted"
+
+
+async def test_an_erased_user_is_not_kept_in_memory(write_side: WriteSide) -> None:
+    grant = await _user(write_side)
+    refreshed = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    recent = write_side.store.recent_users
+    assert recent.get(grant.user.id, refreshed.user.version) == refreshed.user
+    await admin.erase(write_side, grant.user.id, if_match=None, ctx=Context())
+    assert recent.get(grant.user.id, refreshed.user.version) is None

@@ -1,0 +1,62 @@
+"""Users this process loaded lately, so a command that already knows a user's version skips the decoding.
+
+Refresh learns the user's current version in the same statement that finds the token's session; when this
+process loaded that very version of the user before, it needs neither the user's events nor their decryption.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Generic, TypeVar
+from uuid import UUID
+
+from pandora_users.domain.context import AggregateState
+from pandora_users.store.keys import KeyStore
+
+A = TypeVar("A", bound=AggregateState)
+
+DEFAULT_SIZE = 4096
+
+
+class RecentStates(Generic[A]):
+    """The last `size` states loaded, by aggregate id, for aggregates whose personal data is encrypted with
+    their own id's data key (users).
+
+    A state is served again only at the version it was loaded at (states are immutable, and versions only move
+    forward), and only while the key that decrypted it is still in the key cache: personal data stays in memory no
+    longer than its key does, and an erasure in any process, which drops the key everywhere, drops it too.
+    """
+
+    def __init__(self, keys: KeyStore, size: int = DEFAULT_SIZE) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._keys = keys
+        self._size = size
+        self._states: OrderedDict[UUID, A] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, aggregate_id: UUID, version: int) -> A | None:
+        with self._lock:
+            state = self._states.get(aggregate_id)
+            if state is None or state.version != version:
+                return None
+            self._states.move_to_end(aggregate_id)
+        if not self._keys.holds(aggregate_id):
+            self.discard(aggregate_id)
+            return None
+        return state
+
+    def put(self, state: A) -> None:
+        with self._lock:
+            self._states[state.id] = state
+            self._states.move_to_end(state.id)
+            while len(self._states) > self._size:
+                self._states.popitem(last=False)
+
+    def discard(self, aggregate_id: UUID) -> None:
+        with self._lock:
+            self._states.pop(aggregate_id, None)
+
+    def __len__(self) -> int:
+        return len(self._states)
