@@ -141,6 +141,10 @@ def run_references(b: Bench, settings: Any, h: hs.Http) -> None:
         b.results["argon2"] = b.step(
             "reference: bare Argon2id verify", lambda: references.argon2_verify(settings, b.args.seconds)
         )
+        b.results["argon2_kept"] = b.step(
+            "reference: Argon2id verify on kept memory (the service's hasher)",
+            lambda: references.argon2_verify(settings, b.args.seconds, kept_memory=True),
+        )
     if b.wants("bare") or b.wants("me") or b.wants("refresh"):
         for server in ("uvicorn", "granian"):
             result = b.step(f"reference: bare Litestar on {server}", lambda s=server: hs.bare(s, b.args.workers, h, 64))

@@ -1,6 +1,7 @@
 """Argon2id password hashing (SPEC §7.2) in a bounded worker pool that never blocks the event loop.
 
-argon2-cffi releases the GIL while libargon2 runs, so `max_concurrency` worker threads hash in parallel.
+libargon2 (argon2-cffi's bindings, on memory each thread keeps: `argon2_memory`) runs without the GIL, so
+`max_concurrency` worker threads hash in parallel.
 Admission is decided on the event loop: at most `max_concurrency` calls hold a slot, at most `queue_size` wait
 for one, each for at most `queue_timeout` seconds; beyond either bound the call fails with `ServiceBusy` (503,
 `Retry-After` 1 or 2 s).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hmac
 import os
 import random
 import secrets
@@ -29,6 +31,7 @@ from opentelemetry import trace
 from pandora_users.domain.errors import ServiceBusy
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
+from pandora_users.security import argon2_memory
 from pandora_users.security.passwords import normalize_password
 
 T = TypeVar("T")
@@ -100,15 +103,26 @@ class _Argon2:
 
     def __init__(self, params: Argon2Params) -> None:
         self.parameters = params.to_parameters()
-        self._hasher = argon2.PasswordHasher.from_parameters(self.parameters)
+        self._hasher = argon2.PasswordHasher.from_parameters(self.parameters)  # for hashes of other parameters
 
     def hash(self, secret: bytes) -> str:
-        return self._hasher.hash(secret)
+        salt = os.urandom(self.parameters.salt_len)
+        return argon2_memory.encode(self.parameters, salt, argon2_memory.raw_hash(secret, salt, self.parameters))
 
     def verify(self, stored_hash: str, secret: bytes) -> VerifyResult:
         if not (stored_hash.isascii() and stored_hash.startswith(_PHC_PREFIX)):
             logger.error("stored password hash is not an Argon2id PHC string; verification fails")
             return VerifyResult(ok=False)
+        decoded = argon2_memory.decode(stored_hash)
+        if decoded is not None and decoded.parameters == self.parameters:
+            # The usual case, on the thread's kept memory. Other parameters (a hash from before a change, to be
+            # rehashed) go through argon2-cffi: the kept memory stays the configured size.
+            try:
+                digest = argon2_memory.raw_hash(secret, decoded.salt, decoded.parameters)
+            except argon2_memory.Argon2Failure as exc:
+                logger.error("password verification failed in libargon2 ({}); verification fails", exc)
+                return VerifyResult(ok=False)
+            return VerifyResult(ok=hmac.compare_digest(digest, decoded.digest))
         try:
             stored_parameters = argon2.extract_parameters(stored_hash)
             self._hasher.verify(stored_hash, secret)
