@@ -86,6 +86,38 @@ def read_tracking(conn: psycopg.Connection[Any], name: str) -> Tracking:
     return Tracking(int(values[0]), int(values[1]))
 
 
+# The projection's tracking and the batch after it, in one round trip: exactly one row when nothing follows
+# (notification_id NULL), else one row per event. A projection that never ran is at position 0, epoch 0.
+NEXT_BATCH = (
+    "SELECT t.position, t.epoch, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state"  # noqa: S608
+    " FROM (SELECT coalesce(max(position), 0) AS position, coalesce(max(epoch), 0) AS epoch"
+    " FROM projection_positions WHERE name = %s) t"
+    f" LEFT JOIN LATERAL (SELECT * FROM {EVENTS_TABLE} WHERE notification_id > t.position"
+    " ORDER BY notification_id LIMIT %s) e ON true"
+)
+
+
+def next_batch(conn: psycopg.Connection[Any], name: str, limit: int) -> tuple[Tracking, list[Notification]]:
+    """Where the projection is, and up to `limit` events after that position (read in one statement, so
+    the batch always follows the position it was read with)."""
+    rows = conn.execute(NEXT_BATCH, (name, limit), prepare=True).fetchall()
+    if not isinstance(rows[0], dict):
+        raise TypeError("the event store's connections return dict rows")
+    tracking = Tracking(int(rows[0]["position"]), int(rows[0]["epoch"]))
+    notifications = [
+        Notification(
+            id=row["notification_id"],
+            originator_id=row["originator_id"],
+            originator_version=row["originator_version"],
+            topic=row["topic"],
+            state=bytes(row["state"]),
+        )
+        for row in rows
+        if row["notification_id"] is not None
+    ]
+    return tracking, notifications
+
+
 def read_position(conn: psycopg.Connection[Any], name: str) -> int:
     return read_tracking(conn, name).position
 
@@ -164,17 +196,20 @@ class Runner:
     def _follow(self, lease: psycopg.Connection[Any]) -> None:
         lease.execute(f"LISTEN {EVENTS_TABLE}")
         while not self._stop.is_set():
-            if self.step():
-                continue
+            if self.step() == self.batch_size:
+                continue  # a full batch: more may follow at once
+            # Caught up with what was committed when the batch was read. A commit after that read has its NOTIFY
+            # waiting on the lease connection (LISTEN was issued first), so this wait returns at once for it.
+            notified = False
             for _ in lease.notifies(timeout=self.idle_poll, stop_after=1):
-                pass
-            lease.execute("SELECT 1")  # a dead lease connection surfaces here, and we stand down
+                notified = True
+            if not notified:
+                lease.execute("SELECT 1")  # idle: a dead lease connection surfaces here, and we stand down
 
     def step(self) -> int:
         """Process the next batch, if any; returns how many notifications were consumed."""
         with self.store.datastore.get_connection() as conn:
-            tracking = read_tracking(conn, self.name)
-            notifications = self.store.recorder.select_notifications(tracking.position + 1, self.batch_size)
+            tracking, notifications = next_batch(conn, self.name, self.batch_size)
             if not notifications:
                 return 0
             try:

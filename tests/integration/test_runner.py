@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -136,3 +137,32 @@ def test_recovers_after_its_connections_are_killed(event_store: EventStore, seen
     assert _seen(seen_table) == list(range(1, last + 1))
     with psycopg.connect(seen_table) as conn:
         assert conn.execute("SELECT count(*) FROM projection_failures").fetchone() == (0,)
+
+
+class Slow(Recording):
+    """Takes its time over every batch, so commits keep landing while it applies one."""
+
+    def apply(self, conn: psycopg.Connection[Any], batch: Sequence[Envelope]) -> None:
+        time.sleep(0.02)
+        super().apply(conn, batch)
+
+
+def test_commits_during_a_batch_wake_it_without_the_idle_poll(event_store: EventStore, seen_table: str) -> None:
+    """After a partial batch the runner waits for the next NOTIFY instead of reading again at once: a commit
+    made while it was busy must still wake it (its NOTIFY waits on the lease connection). The idle poll is
+    60 s here, so a lost wake-up would stall the runner past the deadline."""
+    runner = Runner(event_store, seen_table, Slow(), idle_poll=60)
+    thread = _start(runner)
+    assert runner.active.wait(5)
+    writers = [threading.Thread(target=lambda: [_append_sessions(event_store, 1) for _ in range(15)]) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    last = _append_sessions(event_store, 1)
+    assert wait_until(event_store, runner, last, timeout=10)
+    runner.stop()
+    _append_sessions(event_store, 1)  # the wake-up that lets it see the stop
+    thread.join(10)
+    assert not thread.is_alive()
+    assert _seen(seen_table)[:last] == list(range(1, last + 1))
