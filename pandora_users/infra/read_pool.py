@@ -11,6 +11,7 @@ statements run through `in_snapshot`, which retries the same way.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -90,6 +91,38 @@ class ReadPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type inf
         )
 
 
+# asyncpg cancels the statement of a cancelled task (a caller that left) over a new connection; when the server
+# closes that connection during its TLS negotiation, asyncpg leaves the error in a future nobody awaits
+# (MagicStack/asyncpg#1310, open), and asyncio logs it at ERROR when the future is collected.
+_UNRETRIEVED = "Future exception was never retrieved"
+_CANCEL_CONNECTION_LOST = "unexpected connection_lost() call"
+
+
+def is_asyncpg_cancel_noise(context: dict[str, Any]) -> bool:
+    exc = context.get("exception")
+    return (
+        context.get("message") == _UNRETRIEVED and type(exc) is ConnectionError and str(exc) == _CANCEL_CONNECTION_LOST
+    )
+
+
+def quiet_asyncpg_cancel_noise(loop: asyncio.AbstractEventLoop) -> None:
+    """Log asyncpg#1310's leftover at DEBUG instead of as an error; every other report goes where it went."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_asyncpg_cancel_noise", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if is_asyncpg_cancel_noise(context):
+            logger.debug("asyncpg: a cancel request's connection closed during TLS negotiation (asyncpg#1310)")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_asyncpg_cancel_noise = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 async def create_read_pool(
     dsn: str, *, min_size: int, max_size: int, statement_timeout: float, reset: Any = None
 ) -> ReadPool:
@@ -98,6 +131,7 @@ async def create_read_pool(
     `statement_timeout` (seconds, DB_STATEMENT_TIMEOUT): PostgreSQL cancels a longer statement, and the request
     gets 503 `service_unavailable` (SPEC §10.1). Connecting gives up after `CONNECT_TIMEOUT` seconds.
     """
+    quiet_asyncpg_cancel_noise(asyncio.get_running_loop())
     pool = ReadPool(
         dsn,
         min_size=min_size,
