@@ -30,6 +30,7 @@ from rpc.hooks import CallObserver
 from rpc.service import UserService
 from rpc.streaming import EventFeed
 from rpc.tls import server_context
+from rpc.transport import CoalescingServer
 
 if TYPE_CHECKING:
     from pandora_users.bootstrap import Runtime
@@ -123,7 +124,7 @@ async def start_rpc(
     services: list[Any] = [user_service, health.service(user_service)]
     if s.grpc_reflection:
         services = ServerReflection.extend(services)
-    server = Server(services)
+    server = CoalescingServer(services)
     observer = CallObserver(access_log)
     observer.install(server)
     rpc = RpcServer(server, health, feed, observer, grace=s.shutdown_timeout, owned_access_log=owned)

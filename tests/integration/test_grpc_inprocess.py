@@ -59,6 +59,7 @@ from rpc.health import HealthMonitor
 from rpc.server import RpcServer, rpc_deps, start_rpc
 from rpc.service import UserService
 from rpc.streaming import EventFeed, Selection
+from rpc.transport import CoalescingTransport
 from tests.conftest import TEST_KEK, TEST_PEPPER
 from tests.integration.test_registration import reg
 
@@ -190,6 +191,28 @@ async def test_reflection_lists_the_services_when_enabled(env: Env) -> None:
         assert {"pandora.user.v1.UserService", "grpc.health.v1.Health"} <= names
     finally:
         channel.close()
+
+
+async def test_a_response_goes_out_in_one_write(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its HEADERS, DATA and trailing HEADERS (and the request's WINDOW_UPDATE) leave in one `writelines`
+    on the socket's transport, not one system call each (rpc/transport.py)."""
+    flushed: list[int] = []
+    flush = CoalescingTransport.flush
+
+    def counting(self: CoalescingTransport) -> None:
+        flushed.append(len(self._pending))
+        flush(self)
+
+    channel = Channel("127.0.0.1", env.port)
+    try:
+        await HealthStub(channel).Check(HealthCheckRequest())  # connection set up, settings exchanged
+        monkeypatch.setattr(CoalescingTransport, "flush", counting)
+        for _ in range(3):
+            reply = await HealthStub(channel).Check(HealthCheckRequest())
+            assert reply.status == HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+    assert len(flushed) == 3 and all(chunks >= 3 for chunks in flushed), flushed
 
 
 async def test_unary_calls_and_trailing_error_code_with_grpclib(env: Env) -> None:
