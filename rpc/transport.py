@@ -1,60 +1,15 @@
-"""One write per gRPC connection per event-loop iteration, instead of one per HTTP/2 frame group.
-
-grpclib hands every frame group to the transport as soon as h2 has built it: a unary call's response is three
-writes (HEADERS, DATA, trailing HEADERS), and the WINDOW_UPDATE for its request a fourth, each a `send` system
-call, which costs more than the rest of the write on this kind of virtual machine. `CoalescingServer` gives
-each connection's protocol a transport that collects the writes of one loop iteration and sends them with one
-`writelines` at its end, in order: calls answered in the same iteration on one connection share it too.
-Nothing waits longer than the rest of the iteration, and flow control is the real transport's, as before.
-"""
+"""One write per gRPC connection per event-loop iteration (`pandora_users.infra.transport`): grpclib writes each
+HTTP/2 frame group as h2 builds it, three for a unary call's response and a WINDOW_UPDATE for its request."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import cast
 
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
 
-
-class CoalescingTransport:
-    """A transport whose writes go out together at the end of the loop iteration they were made in."""
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, lines: Any) -> None:
-        for data in lines:
-            self.write(data)
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.writelines(pending)
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self.flush()  # a GOAWAY written just before closing still goes out
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, pause_reading, ...
-        return getattr(self._transport, name)
+from pandora_users.infra.transport import CoalescingTransport
 
 
 class _CoalescingProtocol(asyncio.Protocol):
