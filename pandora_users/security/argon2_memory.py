@@ -2,7 +2,7 @@
 
 argon2-cffi lets libargon2 `malloc` its memory (64 MiB by default) per hash. An allocation that large is an
 `mmap` of fresh pages, so every hash first page-faults through all of them and the kernel zeroes each one: with
-`time_cost=1`, about as much CPU as the hash itself (`bench/references.py`'s `argon2_memory` reference shows it).
+`time_cost=1`, a large share of the hash's CPU (`just bench --only argon2` prints argon2-cffi's verify beside this one).
 libargon2 takes allocation callbacks in its `argon2_context`; here they hand each thread the same buffer every
 time. The buffer is wiped by libargon2 itself before it is given back (`clear_internal_memory`, on by default
 in the library), exactly as it wipes `malloc`ed memory before `free`, so nothing of one hash survives into the
