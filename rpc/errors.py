@@ -59,9 +59,10 @@ def fallback_code(status: Status) -> str:
     return FALLBACK.get(status, "internal_error")
 
 
-# What writing an answer raises when its caller has left: h2's ProtocolError ("... in state CLOSED"), or
-# RuntimeError from the closed transport.
-SEND_FAILURES = (h2.exceptions.ProtocolError, RuntimeError)
+# What writing an answer raises when its caller has left: h2's ProtocolError ("... in state CLOSED"). The socket
+# transport itself never raises here: writes go through `CoalescingTransport`, which drops what a closed
+# connection can no longer take.
+SEND_FAILURES = (h2.exceptions.ProtocolError,)
 
 
 async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:
