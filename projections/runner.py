@@ -100,9 +100,7 @@ NEXT_BATCH = (
 def next_batch(conn: psycopg.Connection[Any], name: str, limit: int) -> tuple[Tracking, list[Notification]]:
     """Where the projection is, and up to `limit` events after that position (read in one statement, so
     the batch always follows the position it was read with)."""
-    rows = conn.execute(NEXT_BATCH, (name, limit), prepare=True).fetchall()
-    if not isinstance(rows[0], dict):
-        raise TypeError("the event store's connections return dict rows")
+    rows = conn.execute(NEXT_BATCH, (name, limit), prepare=True).fetchall()  # dict rows: the event store's pool
     tracking = Tracking(int(rows[0]["position"]), int(rows[0]["epoch"]))
     notifications = [
         Notification(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,11 @@ def raw_hash(secret: bytes, salt: bytes, parameters: argon2.Parameters) -> bytes
     if code != lib.ARGON2_OK:
         raise Argon2Failure(ffi.string(lib.argon2_error_message(code)).decode("ascii"))
     return bytes(ffi.buffer(out, parameters.hash_len))
+
+
+def matches(decoded: Decoded, secret: bytes) -> bool:
+    """Whether `secret` hashes to the decoded digest (compared in constant time). Raises Argon2Failure."""
+    return hmac.compare_digest(raw_hash(secret, decoded.salt, decoded.parameters), decoded.digest)
 
 
 def _b64(data: bytes) -> str:

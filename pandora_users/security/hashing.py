@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
 import os
 import random
 import secrets
@@ -118,11 +117,10 @@ class _Argon2:
             # The usual case, on the thread's kept memory. Other parameters (a hash from before a change, to be
             # rehashed) go through argon2-cffi: the kept memory stays the configured size.
             try:
-                digest = argon2_memory.raw_hash(secret, decoded.salt, decoded.parameters)
+                return VerifyResult(ok=argon2_memory.matches(decoded, secret))
             except argon2_memory.Argon2Failure as exc:
                 logger.error("password verification failed in libargon2 ({}); verification fails", exc)
                 return VerifyResult(ok=False)
-            return VerifyResult(ok=hmac.compare_digest(digest, decoded.digest))
         try:
             stored_parameters = argon2.extract_parameters(stored_hash)
             self._hasher.verify(stored_hash, secret)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pandora_users.security import argon2_memory
-from pandora_users.security.argon2_memory import Argon2Failure, decode, encode, raw_hash
+from pandora_users.security.argon2_memory import Argon2Failure, decode, encode, matches, raw_hash
 
 SMALL = argon2.Parameters(
     type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1, memory_cost=64, parallelism=2
@@ -53,7 +53,9 @@ def test_digest_and_phc_string_are_argon2_cffis(case: tuple[bytes, bytes, argon2
         == hash_secret(secret, salt, p.time_cost, p.memory_cost, p.parallelism, p.hash_len, argon2.Type.ID).decode()
     )
     assert argon2.PasswordHasher.from_parameters(p).verify(stored, secret)
-    assert decode(stored) == argon2_memory.Decoded(p, salt, digest)
+    decoded = decode(stored)
+    assert decoded == argon2_memory.Decoded(p, salt, digest)
+    assert matches(decoded, secret) and not matches(decoded, secret + b"!")
 
 
 @pytest.mark.parametrize(
