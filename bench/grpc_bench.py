@@ -15,8 +15,7 @@ cuts off when its time is up are CANCELLED and counted apart). One call with the
 checks the target, token and user (and that a real gRPC client gets a real answer).
 
 `--client grpcio` drives the load with the grpcio asyncio client over one channel instead: every call lands on one
-worker process, and the Python client's own CPU per call (a sizeable fraction of the server's) comes out of the
-same cores.
+worker process, and the Python client's own CPU per call comes out of the same cores.
 """
 
 from __future__ import annotations
