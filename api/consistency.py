@@ -82,13 +82,20 @@ class Consistency:
 
         `mark` is the actor's mark when the caller has read it already (with the session check).
         """
+        return await self.wait_for(projections, await self.wanted(header=header, actor=actor, mark=mark))
+
+    async def wanted(self, *, header: str | None, actor: str | None, mark: int | None = None) -> int:
+        """The position a read must reflect: the token's, the actor's last write, whichever is later."""
         wanted = 0
         if header is not None:
             wanted = parse_token(header)
             head = await self.pool.fetchval("SELECT coalesce(max(notification_id), 0) FROM pandora_events")
             if wanted > head:
                 raise InvalidRequest(details=[FieldError("X-Consistency-Token", "beyond the end of the log")])
-        wanted = max(wanted, mark if mark is not None else await self._actor_mark(actor))
+        return max(wanted, mark if mark is not None else await self._actor_mark(actor))
+
+    async def wait_for(self, projections: Sequence[str], wanted: int) -> int:
+        """Wait until every projection has processed `wanted`; returns the position reached."""
         started = time.monotonic()
         known = self._known.get(tuple(projections))
         # Positions only grow: a position known to be reached that covers the wanted one needs no query. With

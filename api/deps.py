@@ -22,6 +22,7 @@ from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
 from pandora_users.store.app import EventStore
 from pandora_users.timestamps import rfc3339
+from projections.queries.user_rows import UserRows
 
 Limiter = Callable[[Request[Any, Any, Any], Sequence[tuple[str, str]]], Awaitable[dict[str, str]]]
 
@@ -57,6 +58,7 @@ class ApiDeps:
     consistency: Consistency
     pool: asyncpg.Pool
     redis: Redis
+    users: UserRows
     limits: Limits = field(default_factory=Limits)
     forgot_min_seconds: float = 0.25
 

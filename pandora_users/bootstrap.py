@@ -6,6 +6,7 @@ Nothing here runs at import. Failures that end the process carry their exit code
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from api.system import Readiness
+    from projections.queries.user_rows import UserRows
 
 DB_WAIT = 30.0
 
@@ -222,12 +224,14 @@ class Runtime:
     db: asyncpg.Pool
     redis: Redis
     readiness: Readiness
+    users: UserRows  # users read-model rows kept in this process
     refresher: SecretsRefresher | None = None  # key rotation and Vault token renewal (SPEC §6.2, §10.3)
 
     async def close(self) -> None:
         self.readiness.shutting_down = True
         if self.refresher is not None:
             await self.refresher.stop()
+        await self.users.close()
         await self.redis.aclose()
         await self.db.close()
         self.write.close()
@@ -242,10 +246,12 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
+    import asyncpg
     from redis.asyncio import Redis  # the HTTP/Redis stack loads only in processes that serve
 
     from api.system import Readiness
     from pandora_users.infra.read_pool import create_read_pool
+    from projections.queries.user_rows import UserRows
 
     hasher = PasswordHasher.from_settings(settings)
     await hasher.start()
@@ -281,4 +287,6 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
     refresher = await asyncio.to_thread(SecretsRefresher.for_settings, settings, keyring, os.environ)
     if refresher is not None:
         refresher.start()
-    return Runtime(settings, store, write, hasher, tokens, db, redis, readiness, refresher)
+    users = UserRows(db, functools.partial(asyncpg.connect, database_url(settings)))
+    users.start()
+    return Runtime(settings, store, write, hasher, tokens, db, redis, readiness, users, refresher)

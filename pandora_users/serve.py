@@ -152,6 +152,7 @@ def api_deps(runtime: Runtime, audience: str = PUBLIC) -> ApiDeps:
         consistency=consistency,
         pool=runtime.db,
         redis=runtime.redis,
+        users=runtime.users,
     )
 
 

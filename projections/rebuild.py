@@ -349,4 +349,6 @@ def _swap(store: EventStore, target: Target, new: str, filler: Filler) -> tuple[
             (name, new, _version(new)),
         )
         conn.execute("DELETE FROM projection_positions WHERE name = %s", (rebuild_name(name),))
+        if name == users.VIEW:  # serving processes forget the rows they kept from the old table
+            users.notify(conn, position, None)
     return position, applied

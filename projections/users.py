@@ -13,7 +13,7 @@ destroyed before this event was projected); an `[erased]` email is stored as NUL
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -64,6 +64,34 @@ COLUMNS: dict[str, str] = {
     "version": "bigint",
     "position": "bigint",
 }
+
+
+# The notice each live batch sends in its transaction (delivered at commit, in commit order): "<position>" for the
+# batch's last position, then " " and the comma-separated ids of the rows it changed, or " *" for "any row"
+# (more than NOTICE_MAX_IDS rows, or a rebuild's swap). Serving processes keep rows by it
+# (projections/queries/user_rows.py).
+CHANGED_CHANNEL = "pandora_users_changed"
+NOTICE_MAX_IDS = 100  # 3,700 bytes of ids; PostgreSQL's payload limit is 8,000
+ALL = "*"
+
+
+def change_notice(position: int, ids: Collection[UUID] | None) -> str:
+    """The payload for a batch ending at `position` that changed the rows of `ids` (None: any row)."""
+    if ids is None or len(ids) > NOTICE_MAX_IDS:
+        return f"{position} {ALL}"
+    return f"{position} {','.join(map(str, ids))}" if ids else str(position)
+
+
+def parse_notice(payload: str) -> tuple[int, frozenset[UUID] | None]:
+    """(position, ids) of a payload, ids None for any row; ValueError if it is not one."""
+    position, _, ids = payload.partition(" ")
+    if ids == ALL:
+        return int(position), None
+    return int(position), frozenset(UUID(i) for i in ids.split(",")) if ids else frozenset()
+
+
+def notify(conn: psycopg.Connection[Any], position: int, ids: Collection[UUID] | None) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANGED_CHANNEL, change_notice(position, ids)))
 
 
 # From this many new users in one batch (a rebuild, a catch-up), they are COPYed rather than INSERTed.
@@ -211,7 +239,10 @@ class UsersProjection:
         self.name = name
 
     def apply(self, conn: psycopg.Connection[Any], batch: Sequence[Envelope]) -> None:
-        execute(conn, self.table, [s for env in batch for s in reduce(env.event, env.position)])
+        statements = [s for env in batch for s in reduce(env.event, env.position)]
+        execute(conn, self.table, statements)
+        if self.table == VIEW and batch:  # the live table (a rebuild announces its swap instead)
+            notify(conn, batch[-1].position, {s.id for s in statements})
         erased = [env.event.user_id for env in batch if isinstance(env.event, ev.UserErased)]
         if erased:  # SPEC §9.5 step 5: the user's access-log rows lose their personal data (idempotent)
             conn.execute(SCRUB_ACCESS_LOG, (erased,))

@@ -93,6 +93,7 @@ def rpc_deps(runtime: Runtime, feed: EventFeed, idempotency: IdempotencyStore | 
         idempotency=idempotency,
         auth=auth,
         feed=feed,
+        users=runtime.users,
     )
 
 

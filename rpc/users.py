@@ -16,21 +16,19 @@ from pandora_users.domain.fields import canonical_email, clean_reason
 from pandora_users.domain.user import KYC_STATUSES
 from pandora_users.observability import metrics as m
 from projections.queries.pagination import PageRequest, Where, select
-from projections.queries.users import COLUMNS, LIVE, UserFilters, is_live, list_users, user_row
+from projections.queries.users import COLUMNS, LIVE, UserFilters, is_live, list_users
 from rpc.calls import Call, parse_user_id, text
 from rpc.convert import user_from_row, user_from_state
-from rpc.deps import RpcDeps
+from rpc.deps import USERS, RpcDeps
 from rpc.gen import user_pb2 as pb
 
-USERS = ("users",)
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
 MAX_ON_BEHALF_OF = 256
 
 
 async def get_user_rpc(d: RpcDeps, call: Call, request: pb.GetUserRequest) -> pb.GetUserResponse:
     call.user_id = user_id = parse_user_id(request.user_id)
-    await d.read_wait(call, USERS)
-    row = await user_row(d.pool, user_id)
+    row = await d.user_row(call, user_id)
     if not is_live(row):
         raise UserNotFound()
     return pb.GetUserResponse(user=user_from_row(row))
@@ -56,9 +54,8 @@ async def get_user_by_email_rpc(d: RpcDeps, call: Call, request: pb.GetUserByEma
 async def validate_user_rpc(d: RpcDeps, call: Call, request: pb.ValidateUserRequest) -> pb.ValidateUserResponse:
     """Soft-deleted and erased users are valid but inactive; lockout and sessions play no part."""
     call.user_id = user_id = parse_user_id(request.user_id)
-    await d.read_wait(call, USERS)
     try:
-        row = await user_row(d.pool, user_id)
+        row = await d.user_row(call, user_id)
     except UserNotFound:
         return pb.ValidateUserResponse(is_valid=False, is_active=False, kyc_status="")
     return pb.ValidateUserResponse(is_valid=True, is_active=is_live(row), kyc_status=row["kyc_status"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
@@ -23,8 +25,9 @@ from api.schemas import (
 from pandora_users.commands import account, sessions
 from pandora_users.domain.errors import FieldError, InvalidRequest, UserNotFound
 from pandora_users.timestamps import rfc3339
-from projections.queries.users import get_user
+from projections.queries.users import is_live, to_dto
 
+USERS = ("users",)
 LIVE_SESSIONS = """
 SELECT id, audience, ip_address, user_agent, created_at, last_used_at, expires_at FROM sessions
 WHERE user_id = $1 AND ended_at IS NULL AND expires_at > now()
@@ -47,11 +50,14 @@ class MeController(Controller):
     async def me(self, request: Request[Any, Any, Any], deps: ApiDeps) -> Response[UserDTO]:
         principal = await authenticate(request, deps)
         header = request.headers.get("x-consistency-token")
-        reached = await deps.consistency.wait(("users",), header=header, actor=principal.actor, mark=principal.mark)
-        row = await get_user(deps.pool, principal.user_id)
-        if row is None or not row["is_active"]:
+        wanted = await deps.consistency.wanted(header=header, actor=principal.actor, mark=principal.mark)
+        row, reached = await deps.users.row(
+            principal.user_id, wanted, functools.partial(deps.consistency.wait_for, USERS)
+        )
+        if row is None or not is_live(row):
             raise UserNotFound()
-        dto = UserDTO(**{name: row[name] for name in UserDTO.__struct_fields__})
+        fields = to_dto(row, datetime.now(UTC))
+        dto = UserDTO(**{name: fields[name] for name in UserDTO.__struct_fields__})
         return with_headers(Response(dto), position=reached or None, etag=row["version"])
 
     @put(

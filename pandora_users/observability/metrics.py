@@ -100,6 +100,7 @@ rate_limit_rejections = Counter(f"{P}rate_limit_rejections_total", "429s by limi
 account_lockouts = Counter(f"{P}account_lockouts_total", "Lockouts started")
 token_reuse = Counter(f"{P}token_reuse_detected_total", "Refresh-token reuse detections")
 revocation_checks = Counter(f"{P}revocation_checks_total", "Session-liveness checks", ["source", "result"])
+user_row_reads = Counter(f"{P}user_row_reads_total", "Users read-model rows read by id, by source", ["source"])
 consistency_wait = Histogram(f"{P}consistency_wait_seconds", "Read-your-writes waits", ["outcome"], buckets=FAST)
 vault_errors = Counter(f"{P}vault_errors_total", "Vault failures", ["operation"])
 

@@ -16,9 +16,12 @@ import pytest
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.e2e.conftest import Api, spawn_service
+from rpc.gen import user_pb2 as pb
+from rpc.gen.user_pb2_grpc import UserServiceStub
+from tests.e2e.conftest import SERVICE_TOKEN, Api, spawn_service
 from tests.e2e.procs import free_port, health_check, run_cli
 from tests.e2e.test_metrics import _value
+from tests.e2e.test_public_api import bearer, register
 from tests.integration.test_vault import ed25519_pem
 
 HEALTH = 'pandora_user_service_http_requests_total{listener="public",method="GET",route="/health",status="2xx"}'
@@ -138,6 +141,50 @@ def test_the_workers_serve_grpc_too(workers_api: tuple[Api, Path]) -> None:
     per_process = _per_process_counts(metrics_dir, *GRPC_HEALTH)
     assert sum(per_process.values()) - before == 30
     assert len([pid for pid, count in per_process.items() if count > 0]) >= 2, per_process
+
+
+def _grpc_first_name(api: Api, user_id: str, token: str | None = None) -> str:
+    """GetUser as a service, on a new connection (any process), with a consistency token if given."""
+    metadata = [("authorization", f"Bearer {SERVICE_TOKEN}")]
+    if token is not None:
+        metadata.append(("x-consistency-token", token))
+    with grpc.insecure_channel(api.grpc_target) as channel:
+        stub = UserServiceStub(channel)  # type: ignore[no-untyped-call]
+        return str(stub.GetUser(pb.GetUserRequest(user_id=user_id), metadata=metadata, timeout=10).user.first_name)
+
+
+def test_every_worker_reflects_a_write_over_the_rows_it_keeps(workers_api: tuple[Api, Path]) -> None:
+    """Each process keeps users rows in memory (projections/queries/user_rows.py): after a write, the writer's
+    next read, on any process, reflects it; so does a read with the write's consistency token; other callers
+    see it once the users projector has announced it."""
+    api, metrics_dir = workers_api
+    _wait_for(lambda: _listening(api.service.port) == 3, log=api.service.log)
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        auth = register(client)
+    headers, user_id = bearer(auth), auth["user"]["id"]
+
+    def first_names(reads: int) -> set[str]:
+        def read(_: int) -> str:
+            with httpx.Client(base_url=api.url, timeout=30) as client:  # a new connection: any process
+                r = client.get("/api/v1/users/me", headers=headers)
+                assert r.status_code == 200, r.text
+                return str(r.json()["first_name"])
+
+        with ThreadPoolExecutor(8) as pool:
+            return set(pool.map(read, range(reads)))
+
+    assert first_names(10) == {"Ann"}  # the processes now keep the row (the per-user limit is 60 a minute)
+    assert {_grpc_first_name(api, user_id) for _ in range(9)} == {"Ann"}
+    for name in ("Bea", "Cleo", "Dora"):
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            r = client.patch("/api/v1/users/me", json={"first_name": name}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert first_names(10) == {name}
+        token = r.headers["x-consistency-token"]
+        assert {_grpc_first_name(api, user_id, token) for _ in range(9)} == {name}
+        _wait_for(lambda n=name: {_grpc_first_name(api, user_id) for _ in range(6)} == {n}, timeout=10)  # type: ignore[misc]
+    from_memory = _per_process_counts(metrics_dir, "user_row_reads_total", '"memory"')
+    assert len([pid for pid, count in from_memory.items() if count > 0]) >= 2, from_memory
 
 
 def test_a_killed_worker_is_replaced_and_nothing_is_refused(workers_api: tuple[Api, Path]) -> None:
