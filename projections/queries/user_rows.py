@@ -14,6 +14,11 @@ named it since.
   from here only if `through` >= p; otherwise it waits for the projection and reads PostgreSQL as before.
 - Without a live LISTEN connection nothing is served or kept (`through` is None); a lost connection clears
   everything, since notices may have been missed. A rebuild's swap announces "everything" (`ALL`).
+- Every `ping_interval` the listener reads the projection's position; by the next ping the notices must have
+  announced it. If they have not, the connection does not hear them (LISTEN through a transaction-mode pooler
+  looks fine and hears nothing): everything is forgotten and listening starts again after a growing pause. So a
+  connection that cannot hear keeps rows for about two pings at most, and never serves a caller's own writes
+  stale (those wait for `through`, which only notices move).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 Wait = Callable[[int], Awaitable[int]]
 
 CAPACITY = 16_384  # rows; about 1 KiB each
-PING_INTERVAL = 1.0  # seconds between liveness checks of the LISTEN connection
+PING_INTERVAL = 1.0  # seconds between checks of the LISTEN connection
+MAX_RETRY = 30.0  # seconds: the longest wait before listening again
 USERS_POSITION = f"(SELECT coalesce(max(position), 0) FROM projection_positions WHERE name = '{VIEW}')"  # noqa: S608
 POSITION = f"SELECT {USERS_POSITION}"
 # The row and the position it reflects: one statement, one snapshot (the projector commits both together).
@@ -46,13 +52,24 @@ ROW_AT = select(f"{COLUMNS}, {USERS_POSITION} AS read_at", VIEW, Where(["id = $1
 _hit, _miss = m.user_row_reads.labels("memory"), m.user_row_reads.labels("postgres")
 
 
+class Deaf(Exception):
+    """The LISTEN connection did not hear a batch that committed a ping ago."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
 class UserRows:
     """Rows of the users read model by id, for this process (see the module's docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, connect: Connect, *, capacity: int = CAPACITY) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, connect: Connect, *, capacity: int = CAPACITY, ping_interval: float = PING_INTERVAL
+    ) -> None:
         self.pool = pool
         self.connect = connect
         self.capacity = capacity
+        self.ping_interval = ping_interval
         self.through: int | None = None  # None: not listening; nothing is served or kept
         self._rows: OrderedDict[UUID, tuple[Any, int]] = OrderedDict()  # id -> (row, position read at)
         self._generation = 0  # moves on every (re)connection and loss: a read that spans one is not kept
@@ -152,24 +169,40 @@ class UserRows:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("user rows: cannot LISTEN ({}); reads go to PostgreSQL", type(exc).__name__)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RETRY)
                 continue
+            pause = 0.0
             try:
                 self.listener_pid = conn.get_server_pid()
                 conn.add_termination_listener(self._lost)
                 await conn.add_listener(CHANGED_CHANNEL, self._notified)
                 # Listening now: every change committed from here on is announced, so rows read from here on
                 # (at a position >= this one) are kept until a notice names them.
-                position = int(await conn.fetchval(POSITION))
+                position = first = int(await conn.fetchval(POSITION))
                 self._forget_all()
                 self.through = position
-                delay = 0.5
                 while True:
-                    await asyncio.sleep(PING_INTERVAL)
-                    await conn.fetchval("SELECT 1", timeout=2 * PING_INTERVAL)  # a dead connection surfaces here
+                    await asyncio.sleep(self.ping_interval)
+                    # Every batch up to the position read at the last ping must have been announced by now.
+                    if self.through is None or self.through < position:
+                        raise Deaf(position)
+                    if position > first:
+                        delay = 0.5  # notices do arrive on this connection
+                    position = int(await conn.fetchval(POSITION, timeout=2 * self.ping_interval))
+            except Deaf as deaf:
+                pause, delay = delay, min(delay * 2, MAX_RETRY)
+                logger.error(
+                    "user rows: position {} was not announced within {} s; LISTEN does not work on this "
+                    "connection (a transaction-mode pooler?) or a batch was parked; reads go to PostgreSQL for {} s",
+                    deaf.position,
+                    self.ping_interval,
+                    pause,
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("user rows: LISTEN connection lost ({}); reconnecting", type(exc).__name__)
             finally:
                 self._forget_all()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.close(timeout=1))
+            if pause:
+                await asyncio.sleep(pause)

@@ -20,7 +20,7 @@ from pandora_users.domain.context import Context
 from pandora_users.store.app import EventStore
 from projections.queries.user_rows import UserRows
 from projections.rebuild import rebuild
-from tests.integration.test_read_models import Seeded, project_to_head, seed_user
+from tests.integration.test_read_models import Live, Seeded, project_to_head, seed_user
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -202,3 +202,62 @@ async def test_nothing_is_kept_or_served_before_listening(
     assert (await rows.load(ann.id))["email"] == "ann@example.com"
     assert len(rows) == 0 and rows.kept(ann.id, 0) is None
     assert await rows.load(UUID(int=1)) is None
+
+
+class DeafConnection:
+    """A real connection whose LISTEN hears nothing (as through a transaction-mode pooler)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def add_listener(self, *_: object) -> None:
+        return None
+
+
+async def test_a_connection_that_hears_no_notices_is_found_out_within_two_pings(
+    event_store: EventStore, database_url: str, pool: asyncpg.Pool
+) -> None:
+    ann = seed_user(event_store, email="ann@example.com")
+    await projected(event_store, database_url)
+
+    async def connect() -> Any:
+        return DeafConnection(await asyncpg.connect(database_url))
+
+    rows = UserRows(pool, connect, ping_interval=0.2)
+    rows.start()
+    try:
+        await until(lambda: rows.through is not None)
+        await rows.load(ann.id)
+        assert rows.kept(ann.id, 0) is not None
+        position = rename(event_store, ann.id, "Anna")
+        await projected(event_store, database_url)
+        assert rows.kept(ann.id, position) is None  # the writer's own read never takes the kept row
+        started = time.monotonic()
+        await until(lambda: rows.through is None)
+        assert time.monotonic() - started < 1.0 and len(rows) == 0
+    finally:
+        await rows.close()
+
+
+async def test_a_listening_connection_under_steady_writes_is_never_taken_for_deaf(
+    event_store: EventStore, database_url: str, listening: Listen
+) -> None:
+    ann = seed_user(event_store, email="ann@example.com")
+    rows = await listening(ping_interval=0.05)
+    pid, lapses = rows.listener_pid, 0
+    with Live(event_store, database_url):
+        for i in range(40):
+            position = await asyncio.to_thread(rename, event_store, ann.id, f"Ann{i}")
+            row, reached = await rows.row(ann.id, position, lambda wanted: until_through(rows, wanted))
+            assert row["first_name"] == f"Ann{i}" and reached >= position
+            lapses += rows.through is None
+            await asyncio.sleep(0.02)
+    assert lapses == 0 and rows.listener_pid == pid
+
+
+async def until_through(rows: UserRows, wanted: int) -> int:
+    await until(lambda: (rows.through or 0) >= wanted)
+    return wanted
