@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pandora_users.domain.errors import FieldError, InvalidRequest, ServiceBusy
+from pandora_users.infra.redis_reads import CoalescedReads
 from pandora_users.observability import metrics as m
 
 TOKEN = re.compile(r"^c1\.([1-9][0-9]{0,18})$")
@@ -49,6 +50,7 @@ class Consistency:
     def __init__(self, pool: asyncpg.Pool, redis: Redis, *, prefix: str, timeout: float) -> None:
         self.pool = pool
         self.redis = redis
+        self.reads = CoalescedReads(redis)
         self.prefix = prefix
         self.timeout = timeout
         self._known: dict[tuple[str, ...], tuple[float, int]] = {}  # projections -> (when read, position)
@@ -70,7 +72,7 @@ class Consistency:
         if actor is None:
             return 0
         try:
-            value = await self.redis.get(self.mark_key(actor))
+            (value,) = await self.reads.mget(self.mark_key(actor))
         except RedisError:
             return 0
         return int(value) if value else 0

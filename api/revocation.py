@@ -1,7 +1,8 @@
 """The session-liveness check of SPEC §6.6: Redis first (one lookup), PostgreSQL when Redis fails.
 
 An authenticated request also needs its actor's read-your-writes mark (SPEC §2.10), another Redis key: both are
-read in the one round trip (`state_and_mark`).
+read in the one round trip (`state_and_mark`), which carries the keys of the process's other requests of the
+same event-loop iteration too (`CoalescedReads`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from pandora_users.commands.base import EndedSession
+from pandora_users.infra.redis_reads import CoalescedReads
 from pandora_users.observability import metrics as m
 from projections.revocations import is_revoked, reason_class, record_revocations, revocation_key
 
@@ -32,6 +34,7 @@ class SessionLiveness:
         mark_key: Callable[[str], str],
     ) -> None:
         self.redis = redis
+        self.reads = CoalescedReads(redis)
         self.pool = pool
         self.prefix = prefix
         self.access_ttl = access_ttl
@@ -51,7 +54,7 @@ class SessionLiveness:
     async def state_and_mark(self, session_id: UUID, actor: str) -> tuple[str | None, int | None]:
         """The session's state and the actor's consistency mark (None: unknown, read it again), in one MGET."""
         try:
-            raw_state, raw_mark = await self.redis.mget(revocation_key(self.prefix, session_id), self.mark_key(actor))
+            raw_state, raw_mark = await self.reads.mget(revocation_key(self.prefix, session_id), self.mark_key(actor))
         except (RedisError, OSError) as exc:
             logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
             return await self._from_postgres(session_id), None
