@@ -210,6 +210,7 @@ class Runner:
             tracking, notifications = next_batch(conn, self.name, self.batch_size)
             if not notifications:
                 return 0
+            self.store.forget_keys_erased_in((n.topic, n.originator_id) for n in notifications)
             try:
                 self._apply(conn, tracking, notifications)
             except OUTAGES:

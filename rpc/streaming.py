@@ -63,6 +63,7 @@ class Selection:
 def decode_batch(store: EventStore, rows: Sequence[Any], user_id: UUID | None, now: datetime) -> list[Entry]:
     """The stream entries of stored rows (runs in a worker thread: decryption is CPU and key lookups)."""
     entries: list[Entry] = []
+    store.forget_keys_erased_in((row["topic"], UUID(bytes=row["originator_id"].bytes)) for row in rows)
     for row in rows:
         state = bytes(row["state"])
         if user_id is not None and _subject.decode(state).user_id != user_id:

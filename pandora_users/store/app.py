@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 from psycopg_pool import ConnectionPool
 
 from pandora_users.domain.context import AggregateState
-from pandora_users.domain.events import DomainEvent, UserKycUpdated
+from pandora_users.domain.events import DomainEvent, UserErased, UserKycUpdated
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
 from pandora_users.store.keys import KeyInvalidation, KeyStore, psycopg_fetcher
@@ -33,6 +33,7 @@ A = TypeVar("A", bound=AggregateState)
 CURRENT_COMMAND: ContextVar[str] = ContextVar("pandora_command", default="other")
 APP_NAME = "Pandora"
 EVENTS_TABLE = "pandora_events"
+ERASED_TOPIC = UserErased.TOPIC
 CONNECT_PARAMS = "PANDORA_POSTGRES_PARAMS"
 # A pooled connection not handed out for this long is pinged before use.
 PING_IF_IDLE_FOR = 1.0
@@ -193,6 +194,15 @@ class EventStore(Application[UUID]):
             if isinstance(event, UserKycUpdated):
                 m.kyc_submissions.labels(event.kyc_status).inc()
         return recordings[-1].notification.id if recordings else None
+
+    def forget_keys_erased_in(self, stored: Iterable[tuple[str, UUID | str]]) -> None:
+        """Before decoding committed events, given as (topic, originator id): drop the cached data key of every
+        user whose erasure is among them, so they decode as erased (SPEC §8.5) even while this process's cache
+        has not yet heard of the erasure (the command drops it just after its commit, other processes when the
+        key-destruction notice arrives: both may come after a reader woken by the same commit)."""
+        for topic, originator_id in stored:
+            if topic == ERASED_TOPIC:
+                self.keys.forget(UUID(str(originator_id)))
 
     def decode(self, stored: StoredEvent) -> DomainEvent:
         """A stored event or notification as its domain event (personal fields decrypted or `[erased]`)."""
