@@ -274,6 +274,7 @@ async def build_runtime(settings: Settings, store: EventStore) -> Runtime:
         statement_timeout=settings.db_statement_timeout,
         reset=keep_session,
     )
+    write.pool = db
     redis = Redis.from_url(redis_url(settings), socket_connect_timeout=1, socket_timeout=1)
     from projections.status import projection_lags
 

@@ -127,9 +127,13 @@ def make_write_side(store: EventStore, **config: Any) -> WriteSide:
 
 
 @pytest.fixture
-async def write_side(event_store: EventStore) -> AsyncIterator[WriteSide]:
+async def write_side(event_store: EventStore, database_url: str) -> AsyncIterator[WriteSide]:
+    import asyncpg
+
     w = make_write_side(event_store)
-    yield w
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=4) as pool:
+        w.pool = pool
+        yield w
     w.close()
     w.hasher.close()
 

@@ -27,11 +27,11 @@ SYSTEM = {"actor_id": "system", "actor_role": "system"}
 # The compare-and-set of SPEC §6.4 step 5: it succeeds only while the token is the session's current one, the
 # session is live and the user is still at the version whose state was checked.
 ROTATE = (
-    "WITH rotated AS (UPDATE sessions s SET generation = generation + 1, last_used_at = %s"  # noqa: S608
-    " WHERE id = %s AND generation = %s AND ended_at IS NULL AND expires_at > %s"
-    f" AND {cred.USER_VERSION} = %s RETURNING id, generation)"
+    "WITH rotated AS (UPDATE sessions s SET generation = generation + 1, last_used_at = $1"  # noqa: S608
+    " WHERE id = $2 AND generation = $3 AND ended_at IS NULL AND expires_at > $1"
+    f" AND {cred.USER_VERSION} = $4 RETURNING id, generation)"
     " INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
-    " SELECT %s, id, generation, %s FROM rotated"
+    " SELECT $5, id, generation, $1 FROM rotated"
 )
 
 
@@ -210,41 +210,46 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
     if not attempt.refresh_token or len(attempt.refresh_token) > 512:
         raise InvalidRefreshToken()
     new_token, new_hash = new_opaque_token()
-    found = await w.run(_rotate_if_valid, w, hash_opaque_token(attempt.refresh_token), new_hash, attempt.audience, ctx)
+    found = await _rotate_if_valid(w, hash_opaque_token(attempt.refresh_token), new_hash, attempt.audience, ctx)
     if found is None:
         raise InvalidRefreshToken()
     row, user, rotated = found
+    session_id = UUID(bytes=row["id"].bytes)
     if not rotated:
-        await _reuse_detected(w, row["id"], attempt, ctx)
-        raise InvalidRefreshToken(audit={"reuse": True, "user_id": str(user.id), "session_id": str(row["id"])})
-    return SessionGrant(user, row["id"], row["audience"], new_token, row["expires_at"], row["created_at"], None)
+        await _reuse_detected(w, session_id, attempt, ctx)
+        raise InvalidRefreshToken(audit={"reuse": True, "user_id": str(user.id), "session_id": str(session_id)})
+    return SessionGrant(user, session_id, row["audience"], new_token, row["expires_at"], row["created_at"], None)
 
 
-def _rotate_if_valid(
+async def _rotate_if_valid(
     w: WriteSide, token_hash: bytes, new_hash: bytes, audience: str, ctx: Context
-) -> tuple[dict[str, Any], User, bool] | None:
-    """On the write pool, in one hop: the token's session with its user's version, the user (from this process's
-    recent loads when it has that version), then the compare-and-set (False: the token is not the session's
-    current one). None when the token cannot be refreshed. Each statement takes its own pooled connection and
-    gives it back: a thread never holds two (the pool is as large as the thread pool).
+) -> tuple[Any, User, bool] | None:
+    """On the event loop: the token's session with its user's version, the user (from this process's recent
+    loads when it has that version, else loaded on the write pool), then the compare-and-set (False: the token
+    is not the session's current one). None when the token cannot be refreshed.
 
     The compare-and-set misses when, since the first read, a concurrent refresh rotated the token, the session
-    ended or the user changed; the next round reads again and decides on the new state."""
+    ended or the user changed; the next round reads again and decides on the new state. It is never retried on
+    its own after a lost connection: had it committed, a retry would take the token for a reused one."""
+    pool = w.statements
     for _ in range(MAX_ATTEMPTS):
-        row = cred.refresh_token_row(w.store.datastore, token_hash)
+        row = await cred.refresh_token_record(pool, token_hash)
         if row is None or not _live(w, row, audience, ctx.now):
             return None
-        user = w.store.load_user_at(row["user_id"], row["user_version"], user_agg.project)
+        user_id, version = UUID(bytes=row["user_id"].bytes), row["user_version"]
+        user = w.store.recent_users.get(user_id, version)
+        if user is None:
+            user = await w.run(w.store.load_user_at, user_id, version, user_agg.project)
         if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
             return None
         if row["token_generation"] != row["generation"]:
             return row, user, False
-        if _rotate(w, row["id"], row["generation"], user.version, new_hash, ctx.now):
+        if await _rotate(pool, row["id"], row["generation"], user.version, new_hash, ctx.now):
             return row, user, True
     raise ServiceBusy(extra={"retry_after_seconds": 1})
 
 
-def _live(w: WriteSide, row: dict[str, Any], audience: str, now: datetime) -> bool:
+def _live(w: WriteSide, row: Any, audience: str, now: datetime) -> bool:
     """The session has not ended, expired or idled out, and belongs to this endpoint's audience."""
     if row["ended_at"] is not None or now >= row["expires_at"] or row["audience"] != audience:
         return False
@@ -252,10 +257,12 @@ def _live(w: WriteSide, row: dict[str, Any], audience: str, now: datetime) -> bo
     return not (idle and (now - row["last_used_at"]).total_seconds() >= idle)
 
 
-def _rotate(w: WriteSide, session_id: UUID, generation: int, user_version: int, new_hash: bytes, now: datetime) -> bool:
-    with w.store.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(ROTATE.encode(), (now, session_id, generation, now, user_version, new_hash, now), prepare=True)
-        return bool(curs.rowcount == 1)
+async def _rotate(
+    pool: Any, session_id: UUID, generation: int, user_version: int, new_hash: bytes, now: datetime
+) -> bool:
+    # `execute`, not a retried read (ReadPool retries fetch* once after a lost connection).
+    status = await pool.execute(ROTATE, now, session_id, generation, user_version, new_hash)
+    return bool(status == "INSERT 0 1")
 
 
 async def _reuse_detected(w: WriteSide, session_id: UUID, attempt: RefreshAttempt, ctx: Context) -> None:

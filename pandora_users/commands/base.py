@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
+import asyncpg  # at run time: the framework resolves this dataclass's annotations (it is injected)
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from pandora_users.domain.errors import ServiceBusy, ServiceUnavailable
@@ -88,6 +89,15 @@ class WriteSide:
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "write"))
     on_sessions_ended: OnSessionsEnded | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # The asyncpg pool of the statements a command runs on the event loop (refresh: a token lookup and a
+    # compare-and-set, no events), instead of a thread of the write pool. The composition root sets it.
+    pool: asyncpg.Pool | None = None
+
+    @property
+    def statements(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError("WriteSide.pool is not set")
+        return self.pool
 
     @functools.cached_property
     def lockout(self) -> Lockout:

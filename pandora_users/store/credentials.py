@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pandora_users.store.app import EVENTS_TABLE
 from pandora_users.store.keys import DELETE_KEY, INSERT_KEY, NOTIFY_DESTROYED
 from pandora_users.store.recorder import CredentialOp
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 def put_data_key(user_id: UUID, wrapped: bytes) -> CredentialOp:
@@ -186,14 +189,21 @@ def session_row(datastore: Any, session_id: UUID) -> dict[str, Any] | None:
 USER_VERSION = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = s.user_id)"  # noqa: S608
 
 
+# The session a refresh token belongs to, with the token's generation and the user's current version.
+_REFRESH_TOKEN_ROW = (
+    f"SELECT s.*, r.generation AS token_generation, {USER_VERSION} AS user_version"  # noqa: S608
+    " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = {}"
+)
+
+
 def refresh_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:
-    """The session a refresh token belongs to, with the token's generation and the user's current version."""
-    return _one(
-        datastore,
-        f"SELECT s.*, r.generation AS token_generation, {USER_VERSION} AS user_version"  # noqa: S608
-        " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = %s",
-        (token_hash,),
-    )
+    """`_REFRESH_TOKEN_ROW` on the write pool (in a thread)."""
+    return _one(datastore, _REFRESH_TOKEN_ROW.format("%s"), (token_hash,))
+
+
+async def refresh_token_record(pool: asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
+    """`_REFRESH_TOKEN_ROW` on an asyncpg pool (on the event loop)."""
+    return await pool.fetchrow(_REFRESH_TOKEN_ROW.format("$1"), token_hash)
 
 
 def link_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:

@@ -207,19 +207,18 @@ async def test_refresh_serves_a_known_version_of_the_user_without_loading_it(
 
 
 def _between_check_and_rotation(w: WriteSide, monkeypatch: pytest.MonkeyPatch, change: Any, times: int = 1) -> None:
-    """Run `change` (a command, on its own event loop) after refresh has checked the user and before its
-    compare-and-set, the first `times` times."""
-    load_user_at = w.store.load_user_at
+    """Run `change` (a command) after refresh has checked the user and before its compare-and-set, the first
+    `times` times."""
+    rotate = auth._rotate
     done: list[bool] = []
 
-    def then_change(*args: Any) -> Any:
-        user = load_user_at(*args)
+    async def change_then_rotate(*args: Any) -> bool:
         if len(done) < times:
             done.append(True)
-            asyncio.run(change())
-        return user
+            await change()
+        return await rotate(*args)
 
-    monkeypatch.setattr(w.store, "load_user_at", then_change)
+    monkeypatch.setattr(auth, "_rotate", change_then_rotate)
 
 
 async def test_a_user_changed_before_the_rotation_is_read_again(
