@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import functools
 import ipaddress
+import itertools
 import logging
 import socket
 import ssl
@@ -372,7 +373,7 @@ async def test_a_call_that_swallows_its_cancellation_still_ends_cancelled(
 
 @pytest.mark.parametrize("goaway", [True, False], ids=["goaway", "dropped"])
 async def test_calls_answered_as_their_caller_leaves_end_cancelled_not_as_errors(
-    env: Env, goaway: bool, caplog: pytest.LogCaptureFixture
+    env: Env, goaway: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A caller leaving amid 32 calls (GOAWAY, or a dropped connection), 10 times: the calls end OK or CANCELLED;
     none INTERNAL, no panic, nothing logged as an error (by us or by grpclib).
@@ -382,6 +383,15 @@ async def test_calls_answered_as_their_caller_leaves_end_cancelled_not_as_errors
     """
     grant = await register(env)
     await _projected(env, grant.user.id)
+    # Reads answered from memory all end within a millisecond, before the caller can leave: spread the answers
+    # over 0-31 ms, so that some are ready as the caller leaves and some come after.
+    user_row, spread = RpcDeps.user_row, itertools.count()
+
+    async def spread_user_row(self: RpcDeps, call: Any, user_id: uuid.UUID) -> Any:
+        await asyncio.sleep(next(spread) % 32 / 1000)
+        return await user_row(self, call, user_id)
+
+    monkeypatch.setattr(RpcDeps, "user_row", spread_user_row)
     statuses = ("OK", "CANCELLED", "INTERNAL")
     before = {status: _grpc_count("GetUser", status) for status in statuses}
     panics = _panics()
