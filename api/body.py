@@ -7,11 +7,16 @@ string (except the login `password`, which is never validated), no unknown field
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+from litestar import Request
+from litestar.exceptions import HTTPException
 
 from pandora_users.domain.errors import DomainError, FieldError, InvalidRequest
+
+if TYPE_CHECKING:
+    from api.deps import ApiDeps
 
 T = TypeVar("T")
 MAX_DEPTH = 32
@@ -112,3 +117,38 @@ def decode(raw: bytes, content_type: str | None, cls: type[T], *, nul_exempt: fr
     if not is_json_content_type(content_type):
         raise UnsupportedMediaType()
     return convert(parse_object(raw, nul_exempt=nul_exempt), cls)
+
+
+IGNORES_BODY = frozenset({"/api/v1/users/me/logout-all"})
+LOGIN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/admin/auth/login"})
+
+
+async def strict_body(request: Request[Any, Any, Any]) -> None:
+    """The `before_request` hook of every handler that takes a body (POST, PUT, PATCH, DELETE; set per handler
+    or controller, so that reads pay nothing): decode and check the body before the framework does.
+
+    A request refused for its body was never authenticated, so it counts against the `ip` window (SPEC §7.4).
+    """
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    try:
+        await _check_body(request)
+    except (DomainError, HTTPException):
+        deps: ApiDeps | None = request.app.state.get("deps")
+        if deps is not None:
+            await deps.limits(request, [("ip", request.state.client_ip or "unknown")])
+        raise
+
+
+async def _check_body(request: Request[Any, Any, Any]) -> None:
+    param = request.route_handler.parsed_fn_signature.parameters.get("data")
+    raw = await request.body()
+    if param is None:
+        if raw and request.url.path not in IGNORES_BODY:
+            if not is_json_content_type(request.headers.get("content-type")):
+                raise UnsupportedMediaType()
+            if parse_object(raw):
+                raise InvalidRequest("this endpoint takes no request body (or {})")
+        return
+    exempt = frozenset({"password"}) if request.url.path in LOGIN_PATHS else frozenset()
+    request.state.body = decode(raw, request.headers.get("content-type"), param.annotation, nul_exempt=exempt)

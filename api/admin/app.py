@@ -8,7 +8,8 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from api.app import jwks_endpoint, openapi, strict_body
+from api.app import jwks_endpoint, openapi
+from api.body import strict_body
 from api.deps import ApiDeps
 from api.errors import EXCEPTION_HANDLERS
 from api.swagger import openapi_document, swagger_asset, swagger_initializer, swagger_page

@@ -10,8 +10,8 @@ from uuid import UUID
 from litestar import Request, Response
 
 from api.admin.schemas import AdminUserDTO
-from api.app import strict_body
 from api.auth import Principal
+from api.body import strict_body
 from api.deps import ApiDeps, note, with_headers
 from api.routes.common import authenticate, parse_id
 from pandora_users.domain.errors import Forbidden

@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, post
 
+from api.body import strict_body
 from api.deps import ApiDeps, auth_response, committed, context, note
 from api.openapi_docs import CONSISTENCY, message, route_docs
 from api.routes.common import authenticate, client
@@ -31,6 +32,7 @@ class AuthController(Controller):
 
     @post(
         "/register",
+        before_request=strict_body,
         status_code=201,
         summary="Register and log in",
         description="Creates the account (role `user`, KYC `pending`, email not verified) and its first session. "
@@ -57,6 +59,7 @@ class AuthController(Controller):
 
     @post(
         "/login",
+        before_request=strict_body,
         status_code=200,
         summary="Log in with email and password",
         description="Every failure (unknown email, wrong password, deleted account, empty password) is the same "
@@ -78,6 +81,7 @@ class AuthController(Controller):
 
     @post(
         "/refresh",
+        before_request=strict_body,
         status_code=200,
         summary="Rotate the refresh token",
         description="A new token pair for the same session. Presenting a rotated token again ends the session "
@@ -94,6 +98,7 @@ class AuthController(Controller):
 
     @post(
         "/verify-email",
+        before_request=strict_body,
         status_code=200,
         summary="Verify the email address with a link token",
         **route_docs("POST", "invalid_token", headers=[CONSISTENCY]),
@@ -110,6 +115,7 @@ class AuthController(Controller):
 
     @post(
         "/verify-email/resend",
+        before_request=strict_body,
         status_code=202,
         summary="Send a new verification email",
         description="No body (or `{}`). 202 when a new link was issued; 200 when the email is already verified.",
@@ -127,6 +133,7 @@ class AuthController(Controller):
 
     @post(
         "/password/forgot",
+        before_request=strict_body,
         status_code=202,
         summary="Request a password reset link",
         description="Always the same 202, whether or not an account exists for the email.",
@@ -147,6 +154,7 @@ class AuthController(Controller):
 
     @post(
         "/password/reset",
+        before_request=strict_body,
         status_code=200,
         summary="Set a new password with a reset token",
         description="Ends every session of the user; does not log in.",

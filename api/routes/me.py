@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
+from api.body import strict_body
 from api.deps import ApiDeps, committed, principal_context, user_dto, with_headers
 from api.openapi_docs import CONSISTENCY, CONSISTENCY_TOKEN, ETAG, IF_MATCH, SESSION_ID, route_docs
 from api.routes.common import authenticate, parse_id, parse_if_match
@@ -62,6 +63,7 @@ class MeController(Controller):
 
     @put(
         "",
+        before_request=strict_body,
         summary="Replace first and last name",
         description="Other fields (email, role, ...) are unknown fields: 400. Equal names change nothing.",
         **route_docs("PUT", "version_conflict", auth=True, headers=[ETAG, CONSISTENCY], parameters=[IF_MATCH]),
@@ -71,6 +73,7 @@ class MeController(Controller):
 
     @patch(
         "",
+        before_request=strict_body,
         summary="Change first and/or last name",
         description="At least one of the names. Other fields are unknown fields: 400.",
         **route_docs("PATCH", "version_conflict", auth=True, headers=[ETAG, CONSISTENCY], parameters=[IF_MATCH]),
@@ -84,6 +87,7 @@ class MeController(Controller):
 
     @delete(
         "",
+        before_request=strict_body,
         status_code=200,
         summary="Delete the account (soft delete)",
         description="Ends every session; later requests with the old access tokens get 404 `user_not_found`.",
@@ -100,6 +104,7 @@ class MeController(Controller):
 
     @post(
         "/password",
+        before_request=strict_body,
         status_code=200,
         summary="Change the password (ends every other session)",
         description="The current password is checked like a login: failures count towards the lockout.",
@@ -125,6 +130,7 @@ class MeController(Controller):
 
     @patch(
         "/kyc",
+        before_request=strict_body,
         summary="Resubmit KYC after a rejection",
         description="Only `pending`, and only while the status is `rejected`.",
         **route_docs(
@@ -156,6 +162,7 @@ class MeController(Controller):
 
     @delete(
         "/sessions/{session_id:str}",
+        before_request=strict_body,
         status_code=200,
         summary="End one of the caller's sessions",
         description="Another user's, an unknown or an ended session: 404 `session_not_found`.",
@@ -175,6 +182,7 @@ class MeController(Controller):
 
     @post(
         "/logout",
+        before_request=strict_body,
         status_code=200,
         summary="End the session of the given refresh token",
         description="The token must be the current refresh token of one of the caller's live sessions.",
@@ -193,6 +201,7 @@ class MeController(Controller):
 
     @post(
         "/logout-all",
+        before_request=strict_body,
         status_code=200,
         summary="End every session of the caller, this one included",
         description="Any body is ignored. The calling access token stops working at once.",

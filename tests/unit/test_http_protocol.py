@@ -76,3 +76,19 @@ async def test_a_broken_request_gets_the_error_shape_then_the_connection_closes(
         "message": "malformed HTTP request",
         "code": "INVALID_REQUEST",
     }
+
+
+def test_every_handler_that_takes_a_body_checks_it_first_and_reads_pay_nothing() -> None:
+    """`strict_body` (SPEC §2.1) is the before-request hook of each POST/PUT/PATCH/DELETE handler, set per
+    handler so that GETs skip the hook; a body route added without it would let the framework decode first."""
+    from typing import Any, cast
+
+    from api.app import create_public_app
+    from api.body import strict_body
+
+    app = create_public_app(cast(Any, None), cast(Any, None), max_body=1024)
+    handlers = [h for route in app.routes for h in getattr(route, "route_handlers", ())]
+    with_body = [h for h in handlers if h.http_methods & {"POST", "PUT", "PATCH", "DELETE"}]
+    assert len(with_body) >= 15
+    assert [h for h in with_body if h.resolve_before_request() is not strict_body] == []
+    assert [h for h in handlers if h not in with_body and h.resolve_before_request() is not None] == []
