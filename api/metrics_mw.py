@@ -1,4 +1,8 @@
-"""HTTP RED metrics for every request of a listener (route templates only, never raw paths)."""
+"""HTTP RED metrics for every request of a listener (route templates only, never raw paths).
+
+Recorded in `SoonCounter`/`SoonHistogram`: written once per series at the end of each event-loop iteration
+rather than once per request (see pandora_users/observability/metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from typing import Any
 
 from pandora_users.observability import metrics as m
+from pandora_users.observability.metrics import SoonCounter, SoonHistogram
 
 Scope = dict[str, Any]
 
@@ -13,20 +18,22 @@ Scope = dict[str, Any]
 class MetricsMiddleware:
     def __init__(self, app: Any, *, listener: str) -> None:
         self.app, self.listener = app, listener
-        self.active = m.http_active.labels(listener)
+        self.active = SoonCounter(m.http_active.labels(listener))
         # Each request's series, looked up once per (method, route, status class): a bounded set.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._series: dict[tuple[str, str, str], tuple[SoonCounter, SoonHistogram, SoonHistogram, SoonHistogram]] = {}
 
-    def series(self, method: str, route: str, status: str) -> tuple[Any, Any, Any, Any]:
+    def series(
+        self, method: str, route: str, status: str
+    ) -> tuple[SoonCounter, SoonHistogram, SoonHistogram, SoonHistogram]:
         key = (method, route, status)
         found = self._series.get(key)
         if found is None:
             labels = (self.listener, method, route)
             found = self._series[key] = (
-                m.http_requests.labels(*labels, status),
-                m.http_duration.labels(*labels),
-                m.http_request_size.labels(*labels),
-                m.http_response_size.labels(*labels),
+                SoonCounter(m.http_requests.labels(*labels, status)),
+                SoonHistogram(m.http_duration.labels(*labels)),
+                SoonHistogram(m.http_request_size.labels(*labels)),
+                SoonHistogram(m.http_response_size.labels(*labels)),
             )
         return found
 
@@ -50,14 +57,14 @@ class MetricsMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
 
-        self.active.inc()
+        self.active.add(1)
         try:
             await self.app(scope, counting_receive, watch)
         finally:
-            self.active.dec()
+            self.active.add(-1)
             route = scope.get("path_template") or "unmatched"
             count, duration, request_size, response_size = self.series(scope["method"], route, m.status_class(status))
-            count.inc()
+            count.add()
             duration.observe(time.perf_counter() - started)
             request_size.observe(received)
             response_size.observe(sent)

@@ -34,6 +34,7 @@ import asyncpg
 from loguru import logger
 
 from pandora_users.observability import metrics as m
+from pandora_users.observability.metrics import SoonCounter, SoonHistogram
 from projections.queries.pagination import Where, select
 from projections.queries.users import COLUMNS
 from projections.users import CHANGED_CHANNEL, VIEW, parse_notice
@@ -49,7 +50,8 @@ POSITION = f"SELECT {USERS_POSITION}"
 # The row and the position it reflects: one statement, one snapshot (the projector commits both together).
 ROW_AT = select(f"{COLUMNS}, {USERS_POSITION} AS read_at", VIEW, Where(["id = $1"]))
 
-_hit, _miss = m.user_row_reads.labels("memory"), m.user_row_reads.labels("postgres")
+_hit, _miss = SoonCounter(m.user_row_reads.labels("memory")), SoonCounter(m.user_row_reads.labels("postgres"))
+_immediate = SoonHistogram(m.consistency_wait.labels("immediate"))
 
 
 class Deaf(Exception):
@@ -98,12 +100,15 @@ class UserRows:
         when the notices have not reached `wanted` yet."""
         kept = self.kept(user_id, wanted)
         if kept is not None:
-            _hit.inc()
+            _hit.add()
+            _immediate.observe(0.0)
             return kept
-        _miss.inc()
+        _miss.add()
         through = self.through
         if through is None or through < wanted:
             through = await wait(wanted)
+        else:
+            _immediate.observe(0.0)  # as `wait` counts a read that needs no wait
         row = await self.load(user_id)
         return row, through if row is None else int(row["read_at"])
 
