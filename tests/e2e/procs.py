@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,9 +19,17 @@ EXE = str(Path(sys.executable).with_name("pandora-users"))
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: each socket stays bound until all are chosen (one after another, the kernel may
+    hand out a just-released port again)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def health_check(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
@@ -54,7 +63,7 @@ class Service:
         self.port = port
         self.log = cwd / f"serve-{port}.log"
         self._out = self.log.open("w")
-        self.admin_port, self.grpc_port = free_port(), free_port()
+        self.admin_port, self.grpc_port = [p for p in free_ports(3) if p != port][:2]  # none is the public port
         env = {**env, "SERVER_PORT": str(port), "ADMIN_PORT": str(self.admin_port), "GRPC_PORT": str(self.grpc_port)}
         self.proc = subprocess.Popen([EXE, command], env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT)
 

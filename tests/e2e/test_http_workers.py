@@ -19,7 +19,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from rpc.gen import user_pb2 as pb
 from rpc.gen.user_pb2_grpc import UserServiceStub
 from tests.e2e.conftest import SERVICE_TOKEN, Api, spawn_service
-from tests.e2e.procs import free_port, health_check, run_cli
+from tests.e2e.procs import free_port, free_ports, health_check, run_cli
 from tests.e2e.test_metrics import _value
 from tests.e2e.test_public_api import bearer, register
 from tests.integration.test_vault import ed25519_pem
@@ -214,7 +214,8 @@ def test_a_worker_dies_with_a_killed_parent(server_url: str, template_db: str, r
 
 def test_a_second_instance_cannot_join_the_port(workers_api: tuple[Api, Path], tmp_path: Path) -> None:
     api, _ = workers_api
-    ports = {"SERVER_PORT": str(api.service.port), "ADMIN_PORT": str(free_port()), "GRPC_PORT": str(free_port())}
+    admin, grpc_port = free_ports(2)
+    ports = {"SERVER_PORT": str(api.service.port), "ADMIN_PORT": str(admin), "GRPC_PORT": str(grpc_port)}
     env = {**api.env, **ports, "DATA_DIR": str(tmp_path / "data")}
     env.pop("PROMETHEUS_MULTIPROC_DIR")
     result = run_cli("serve", env=env, cwd=tmp_path, timeout=60)

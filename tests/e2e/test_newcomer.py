@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.procs import EXE, Service, clean_env, free_port, run_cli
+from tests.e2e.procs import EXE, Service, clean_env, free_port, free_ports, run_cli
 
 PASSWORD = "an admin passphrase 42"
 
@@ -123,7 +123,7 @@ def test_single_role_processes_serve_only_their_listener(
             DATA_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             EMAIL_INDEX_KEY="pandora-users test email index pepper",
         )
-        ports = {"public": free_port(), "admin": free_port()}
+        ports = dict(zip(("public", "admin"), free_ports(2), strict=True))
         env.update(SERVER_PORT=str(ports["public"]), ADMIN_PORT=str(ports["admin"]), GRPC_PORT=str(free_port()))
         proc = subprocess.Popen([EXE, role], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
