@@ -43,7 +43,11 @@ class Envelope:
 
 
 class Projection(Protocol):
-    """A view kept by the runner. `apply` runs inside the batch's transaction (`conn` is in it)."""
+    """A view kept by the runner. `apply` runs inside the batch's transaction (`conn` is in it).
+
+    A projection may also define `skipped(conn, position)`: called in the transaction that parks a poison
+    event, which moves the position past it without `apply` (the users projection announces the position).
+    """
 
     name: str
 
@@ -266,6 +270,9 @@ class Runner:
                 (self.name, notification.id, notification.topic, error, self.attempts),
             )
             advance(conn, self.name, tracking, notification.id)
+            skipped = getattr(self.projection, "skipped", None)  # optional: see Projection
+            if skipped is not None:
+                skipped(conn, notification.id)
         logger.error("projection {} parked position {} after {} attempts", self.name, notification.id, self.attempts)
 
 

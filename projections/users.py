@@ -246,3 +246,9 @@ class UsersProjection:
         erased = [env.event.user_id for env in batch if isinstance(env.event, ev.UserErased)]
         if erased:  # SPEC §9.5 step 5: the user's access-log rows lose their personal data (idempotent)
             conn.execute(SCRUB_ACCESS_LOG, (erased,))
+
+    def skipped(self, conn: psycopg.Connection[Any], position: int) -> None:
+        """A parked event: no row changed, but the position moved, and the processes keeping rows must hear of
+        it (a position that moves without a notice makes them take their LISTEN connection for a deaf one)."""
+        if self.table == VIEW:
+            notify(conn, position, ())

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,8 @@ from pandora_users.domain.context import Context
 from pandora_users.store.app import EventStore
 from projections.queries.user_rows import UserRows
 from projections.rebuild import rebuild
+from projections.runner import Envelope, Runner, wait_until
+from projections.users import UsersProjection
 from tests.integration.test_read_models import Live, Seeded, project_to_head, seed_user
 
 
@@ -261,3 +264,44 @@ async def test_a_listening_connection_under_steady_writes_is_never_taken_for_dea
 async def until_through(rows: UserRows, wanted: int) -> int:
     await until(lambda: (rows.through or 0) >= wanted)
     return wanted
+
+
+class Poisoned(UsersProjection):
+    """The live users projection, failing on one position (a poison event the runner parks)."""
+
+    def __init__(self, poison: int) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def apply(self, conn: psycopg.Connection[Any], batch: Sequence[Envelope]) -> None:
+        if any(env.position == self.poison for env in batch):
+            raise RuntimeError("poison")
+        super().apply(conn, batch)
+
+
+async def test_a_parked_event_is_announced_so_listeners_are_not_taken_for_deaf(
+    event_store: EventStore, database_url: str, listening: Listen
+) -> None:
+    """Parking moves the users position without applying the event: a listener that heard of no move would
+    be taken for deaf at its next ping (all rows forgotten, a reconnection) though nothing is wrong."""
+    ann = seed_user(event_store, email="ann@example.com")
+    await projected(event_store, database_url)
+    rows = await listening(ping_interval=0.05)
+    pid = rows.listener_pid
+    renamed = rename(event_store, ann.id, "Anna")
+    poison = rename(event_store, ann.id, "Poison")  # the last event: nothing after it announces a later position
+    runner = Runner(event_store, database_url, Poisoned(poison), attempts=1, backoff=0.01, idle_poll=0.05)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(wait_until, event_store, runner, poison)
+        lapses = 0
+        for _ in range(20):  # ten ping intervals
+            lapses += rows.through is None
+            await asyncio.sleep(0.025)
+    finally:
+        runner.stop()
+        await asyncio.to_thread(thread.join, 10)
+    assert lapses == 0 and rows.listener_pid == pid and rows.through is not None and rows.through >= poison
+    row, _ = await rows.row(ann.id, renamed, lambda wanted: until_through(rows, wanted))
+    assert row["first_name"] == "Anna"  # the parked rename was not applied
