@@ -189,21 +189,23 @@ def session_row(datastore: Any, session_id: UUID) -> dict[str, Any] | None:
 USER_VERSION = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = s.user_id)"  # noqa: S608
 
 
-# The session a refresh token belongs to, with the token's generation and the user's current version.
-_REFRESH_TOKEN_ROW = (
-    f"SELECT s.*, r.generation AS token_generation, {USER_VERSION} AS user_version"  # noqa: S608
+# The session a refresh token belongs to, with the token's generation (and, for a refresh, the user's version).
+_SESSION_OF_REFRESH = (
+    "SELECT s.*, r.generation AS token_generation{}"
     " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = {}"
 )
+_LOGOUT_ROW = _SESSION_OF_REFRESH.format("", "%s")
+_REFRESH_ROW = _SESSION_OF_REFRESH.format(f", {USER_VERSION} AS user_version", "$1")
 
 
 def refresh_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:
-    """`_REFRESH_TOKEN_ROW` on the write pool (in a thread)."""
-    return _one(datastore, _REFRESH_TOKEN_ROW.format("%s"), (token_hash,))
+    """The session of a refresh token and the token's generation, on the write pool (in a thread): logout."""
+    return _one(datastore, _LOGOUT_ROW, (token_hash,))
 
 
 async def refresh_token_record(pool: asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
-    """`_REFRESH_TOKEN_ROW` on an asyncpg pool (on the event loop)."""
-    return await pool.fetchrow(_REFRESH_TOKEN_ROW.format("$1"), token_hash)
+    """The same with the user's current version, on an asyncpg pool (on the event loop): refresh."""
+    return await pool.fetchrow(_REFRESH_ROW, token_hash)
 
 
 def link_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:
