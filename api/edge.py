@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +54,16 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+def new_request_id() -> str:
+    """A random UUID v4 in canonical form (SPEC §2.3): `str(uuid.uuid4())`, formatted directly from the random
+    bytes, 0.9 µs instead of 2.4 µs (timeit) on every request without an `X-Request-ID`."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
     """The client IP (None when malformed) and whether the request came over HTTPS (§7.8)."""
     peer = _parse_ip((scope.get("client") or ("",))[0] or "")
@@ -85,7 +95,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         rid = _header(scope, b"x-request-id")
-        request_id = rid if rid and REQUEST_ID.match(rid) else str(uuid.uuid4())
+        request_id = rid if rid and REQUEST_ID.match(rid) else new_request_id()
         ip, https = client_ip(scope, self.config.trusted_proxies)
         state = scope.setdefault("state", {})
         state.update(request_id=request_id, client_ip=ip)
@@ -112,24 +122,10 @@ class EdgeMiddleware:
 
     def _headers(self, path: str, request_id: str, https: bool, origin: str | None) -> list[tuple[bytes, bytes]]:
         swagger = path == "/swagger" or path.startswith("/swagger/")
-        headers = [
+        return [
             (b"x-request-id", request_id.encode()),
-            (b"x-content-type-options", b"nosniff"),
-            (b"x-frame-options", b"DENY"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"content-security-policy", (CSP_SWAGGER if swagger else CSP_API).encode()),
+            *_static_headers(swagger, path.startswith("/api/"), https, origin),
         ]
-        if path.startswith("/api/"):
-            headers += [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-        if https:
-            headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
-        if origin is not None:
-            headers += [
-                (b"access-control-allow-origin", origin.encode()),
-                (b"vary", b"Origin"),
-                (b"access-control-expose-headers", EXPOSE.encode()),
-            ]
-        return headers
 
     async def _preflight(self, send: Any, extra: list[tuple[bytes, bytes]], allowed: bool) -> None:
         headers = list(extra)
@@ -147,6 +143,28 @@ class EdgeMiddleware:
         headers = [*extra, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 404, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+@functools.lru_cache(maxsize=256)  # a few path kinds x scheme x the allowed origins: the same tuple every time
+def _static_headers(swagger: bool, api: bool, https: bool, origin: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers of every response besides its request id (SPEC §2.3, §7.6-§7.8)."""
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-security-policy", (CSP_SWAGGER if swagger else CSP_API).encode()),
+    ]
+    if api:
+        headers += [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+    if https:
+        headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+    if origin is not None:
+        headers += [
+            (b"access-control-allow-origin", origin.encode()),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", EXPOSE.encode()),
+        ]
+    return tuple(headers)
 
 
 _OURS = frozenset(

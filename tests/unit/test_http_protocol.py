@@ -92,3 +92,22 @@ def test_every_handler_that_takes_a_body_checks_it_first_and_reads_pay_nothing()
     assert len(with_body) >= 15
     assert [h for h in with_body if h.resolve_before_request() is not strict_body] == []
     assert [h for h in handlers if h not in with_body and h.resolve_before_request() is not None] == []
+
+
+def test_generated_request_ids_are_canonical_random_uuid4s() -> None:
+    import uuid
+
+    from api.edge import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # every bit other than the version and variant bits varies
+    ints = [uuid.UUID(rid).int for rid in ids]
+    fixed = (0xF << 76) | (0x3 << 62)
+    varying = 0
+    for a in ints:
+        varying |= a ^ ints[0]
+    assert varying == ((1 << 128) - 1) & ~fixed
