@@ -22,6 +22,7 @@ class CoalescedReads:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._pending: list[Waiter] = []
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None  # the loop the next MGET is scheduled on
         self._sending: set[asyncio.Task[None]] = set()
         self.sent = 0  # MGETs sent (for tests and curiosity)
 
@@ -29,13 +30,17 @@ class CoalescedReads:
         """The values of `keys` (None where absent), read with the other keys asked for in this iteration."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._send_pending)
+        if self._scheduled_on is not loop:  # none scheduled, or only on a loop that closed before sending it
+            self._scheduled_on = loop
+            loop.call_soon(self._send_pending, loop)
         self._pending.append((keys, future))
         return await future
 
-    def _send_pending(self) -> None:
-        batch, self._pending = self._pending, []
+    def _send_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled_on = None
+        # Callers on a loop that has closed since are gone: their futures can no longer be resolved.
+        batch = [(keys, future) for keys, future in self._pending if future.get_loop() is loop]
+        self._pending = []
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)  # a reference until done: the loop keeps only weak ones
         task.add_done_callback(self._sending.discard)

@@ -85,3 +85,28 @@ async def test_a_caller_that_left_is_skipped(redis: aioredis.Redis, keys: list[s
     with pytest.raises(asyncio.CancelledError):
         await callers[1]
     assert reads.sent == 1
+
+
+def test_reads_left_pending_by_a_closed_loop_do_not_hold_up_the_next_loop(redis_url: str, keys: list[str]) -> None:
+    """One process, one loop in production; but a loop closed with a read pending (its MGET never sent) must not
+    leave the reads of a later loop waiting for it."""
+    first = asyncio.new_event_loop()
+    reads = CoalescedReads(aioredis.Redis.from_url(redis_url))
+    left: list[asyncio.Task[list[Any]]] = []
+
+    async def begin() -> None:
+        left.append(asyncio.ensure_future(reads.mget(keys[1])))  # its MGET would go out after this iteration
+
+    first.run_until_complete(begin())
+    first.close()
+    assert reads._pending  # the precondition: a read left behind by the closed loop
+
+    async def later() -> list[Any]:
+        reads.redis = aioredis.Redis.from_url(redis_url)  # the first client's connections belong to the closed loop
+        try:
+            return await asyncio.wait_for(reads.mget(keys[1], keys[2]), 5)
+        finally:
+            await reads.redis.aclose()
+
+    assert asyncio.run(later()) == [b"1", b"2"]
+    left[0]._log_destroy_pending = False  # type: ignore[attr-defined]  # it can never finish: its loop is gone
