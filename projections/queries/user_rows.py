@@ -198,7 +198,7 @@ class UserRows:
                 pause, delay = delay, min(delay * 2, MAX_RETRY)
                 logger.error(
                     "user rows: position {} was not announced within {} s; LISTEN does not work on this "
-                    "connection (a transaction-mode pooler?) or a batch was parked; reads go to PostgreSQL for {} s",
+                    "connection (a transaction-mode pooler?); reads go to PostgreSQL for {} s",
                     deaf.position,
                     self.ping_interval,
                     pause,
