@@ -64,7 +64,7 @@ class Authenticator:
         if self.audience == ADMIN and claims.role != "admin":
             raise Forbidden("admin access required")
         state, mark = await self.session_state(UUID(claims.sid), claims.sub)
-        m.token_validation.labels("access", "valid" if state is None else "revoked").inc()
+        m.soon_counter(m.token_validation, "access", "valid" if state is None else "revoked").add()
         if state == "deleted" and self.audience == PUBLIC:
             raise UserNotFound()
         if state is not None:

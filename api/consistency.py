@@ -103,7 +103,7 @@ class Consistency:
         # Positions only grow: a position known to be reached that covers the wanted one needs no query. With
         # nothing wanted it only feeds the response's token, so it may be a little old.
         if known is not None and known[1] >= wanted and (wanted > 0 or started - known[0] < FRESH_ENOUGH):
-            m.consistency_wait.labels("immediate").observe(0.0)
+            m.soon_histogram(m.consistency_wait, "immediate").observe(0.0)
             return known[1]
         deadline = started + self.timeout
         delay = 0.002

@@ -71,7 +71,7 @@ class CallObserver:
             self.in_flight += 1
             self._idle.clear()
             open_span(call)
-        m.grpc_active.inc()
+        m.soon_counter(m.grpc_active).add(1)
         task = asyncio.current_task()
         if task is not None:
             task.add_done_callback(lambda _: self._ended(call))
@@ -95,7 +95,7 @@ class CallObserver:
     def _ended(self, call: Call) -> None:
         if call.in_user_service:
             self.in_flight -= 1
-        m.grpc_active.dec()
+        m.soon_counter(m.grpc_active).add(-1)
         if not call.finished:
             entry = self._finish(call, Status.CANCELLED)
             if entry is not None and self.access_log is not None:
@@ -110,8 +110,8 @@ class CallObserver:
         call.finished = True
         close_span(call, status)
         duration = time.perf_counter() - call.started
-        m.grpc_requests.labels(call.route, status.name).inc()
-        m.grpc_duration.labels(call.route).observe(duration)
+        m.soon_counter(m.grpc_requests, call.route, status.name).add()
+        m.soon_histogram(m.grpc_duration, call.route).observe(duration)
         logger.bind(
             listener="grpc",
             method="grpc",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -140,6 +141,19 @@ class SoonHistogram:
             if count:
                 self.child._buckets[i].inc(count)
                 self.counts[i] = 0
+
+
+@functools.cache
+def soon_counter(metric: Any, *labels: str) -> SoonCounter:
+    """The `SoonCounter` of `metric`'s child with these label values (of `metric` itself without any), made once:
+    a hot path then skips both the per-write mmap and the `labels()` lookup. Label values are bounded sets."""
+    return SoonCounter(metric.labels(*labels) if labels else metric)
+
+
+@functools.cache
+def soon_histogram(metric: Any, *labels: str) -> SoonHistogram:
+    """The `SoonHistogram` of `metric`'s child with these label values, made once (as `soon_counter`)."""
+    return SoonHistogram(metric.labels(*labels) if labels else metric)
 
 
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

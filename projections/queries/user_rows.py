@@ -34,7 +34,7 @@ import asyncpg
 from loguru import logger
 
 from pandora_users.observability import metrics as m
-from pandora_users.observability.metrics import SoonCounter, SoonHistogram
+from pandora_users.observability.metrics import soon_counter, soon_histogram
 from projections.queries.pagination import Where, select
 from projections.queries.users import COLUMNS
 from projections.users import CHANGED_CHANNEL, VIEW, parse_notice
@@ -50,8 +50,8 @@ POSITION = f"SELECT {USERS_POSITION}"
 # The row and the position it reflects: one statement, one snapshot (the projector commits both together).
 ROW_AT = select(f"{COLUMNS}, {USERS_POSITION} AS read_at", VIEW, Where(["id = $1"]))
 
-_hit, _miss = SoonCounter(m.user_row_reads.labels("memory")), SoonCounter(m.user_row_reads.labels("postgres"))
-_immediate = SoonHistogram(m.consistency_wait.labels("immediate"))
+_hit, _miss = soon_counter(m.user_row_reads, "memory"), soon_counter(m.user_row_reads, "postgres")
+_immediate = soon_histogram(m.consistency_wait, "immediate")  # the same record as Consistency's
 
 
 class Deaf(Exception):
