@@ -124,8 +124,9 @@ LOGIN_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/admin/auth/login"})
 
 
 async def strict_body(request: Request[Any, Any, Any]) -> None:
-    """The `before_request` hook of every handler that takes a body (POST, PUT, PATCH, DELETE; set per handler
-    or controller, so that reads pay nothing): decode and check the body before the framework does.
+    """The `before_request` hook that decodes and checks a body before the framework does. The public API sets it
+    on each handler that takes a body (POST, PUT, PATCH, DELETE), so its reads pay nothing; the admin API runs it
+    for every request (`admin_body`, app-wide), hence the method check.
 
     A request refused for its body was never authenticated, so it counts against the `ip` window (SPEC §7.4).
     """
