@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,15 +25,6 @@ from pandora_users.security.tokens import hash_opaque_token, new_opaque_token
 from pandora_users.store import credentials as cred
 
 SYSTEM = {"actor_id": "system", "actor_role": "system"}
-# The compare-and-set of SPEC §6.4 step 5: it succeeds only while the token is the session's current one, the
-# session is live and the user is still at the version whose state was checked.
-ROTATE = (
-    "WITH rotated AS (UPDATE sessions s SET generation = generation + 1, last_used_at = $1"  # noqa: S608
-    " WHERE id = $2 AND generation = $3 AND ended_at IS NULL AND expires_at > $1"
-    f" AND {cred.USER_VERSION} = $4 RETURNING id, generation)"
-    " INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
-    " SELECT $5, id, generation, $1 FROM rotated"
-)
 
 
 @dataclass(frozen=True)
@@ -127,6 +119,16 @@ async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> 
     return Verified(user, prior)
 
 
+def _may_log_in(w: WriteSide, user_id: UUID, audience: str) -> User:
+    """The user as now stored, if they may still hold a session of this audience."""
+    user = w.store.load(user_id, user_agg.project)
+    if user is None or not user.is_active:
+        raise InvalidCredentials(audit={"reason": "user_changed", "user_id": str(user_id)})
+    if audience == "pandora-admin" and user.role != "admin":
+        raise InvalidCredentials(audit={"reason": "not_admin", "user_id": str(user_id)})
+    return user
+
+
 def _record_lock(w: WriteSide, user_id: UUID, until: datetime, failures: int, ctx: Context) -> None:
     system_ctx = Context(now=ctx.now, metadata={**ctx.metadata, **SYSTEM})
 
@@ -154,13 +156,21 @@ async def log_in(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> LoginOutc
     actor = "admin" if attempt.audience == "pandora-admin" else "user"
     user_ctx = Context(now=ctx.now, metadata={**ctx.metadata, "actor_id": str(user.id), "actor_role": actor})
 
+    current, runs = user, itertools.count()
+
     def commit_login() -> Written:
-        batch = _session_limit(w, user.id, user_ctx)
+        # The session opens only while the user is at the version checked (`NewSession.user_version`): a deletion
+        # or demotion committed since the password check ended the user's sessions without this one. A re-run
+        # checks the user again on fresh state.
+        nonlocal current
+        if next(runs):
+            current = _may_log_in(w, user.id, attempt.audience)
+        batch = _session_limit(w, current.id, user_ctx)
         batch.events.append(
             session_agg.log_in(
                 session_id,
-                user_id=user.id,
-                email=user.email,
+                user_id=current.id,
+                email=current.email,
                 audience=attempt.audience,
                 expires_at=expires_at,
                 ip_address=attempt.ip_address,
@@ -172,19 +182,20 @@ async def log_in(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> LoginOutc
         batch.ops += cred.open_session(
             cred.NewSession(
                 session_id,
-                user.id,
+                current.id,
                 attempt.audience,
                 ctx.now,
                 expires_at,
                 attempt.ip_address,
                 ua,
                 refresh_hash,
+                user_version=current.version,
             )
         )
         return commit(w, batch, session_id, 1)
 
     written = await w.after_commit(await w.run(with_retries, commit_login))
-    grant = SessionGrant(user, session_id, attempt.audience, refresh_token, expires_at, ctx.now, written.position)
+    grant = SessionGrant(current, session_id, attempt.audience, refresh_token, expires_at, ctx.now, written.position)
     return LoginOutcome(grant, prior)
 
 
@@ -224,28 +235,34 @@ async def refresh(w: WriteSide, attempt: RefreshAttempt, ctx: Context) -> Sessio
 async def _rotate_if_valid(
     w: WriteSide, token_hash: bytes, new_hash: bytes, audience: str, ctx: Context
 ) -> tuple[Any, User, bool] | None:
-    """On the event loop: the token's session with its user's version, the user (from this process's recent
-    loads when it has that version, else loaded on the write pool), then the compare-and-set (False: the token
-    is not the session's current one). None when the token cannot be refreshed.
+    """On the event loop: one statement looks the token up and rotates it when it is current and its session
+    live (`cred.rotate_refresh_token`); then the user at the version read in that statement's snapshot (from this
+    process's recent loads when it has that version, else loaded on the write pool) must still be allowed the
+    session. Returns the session row, the user and whether the token was rotated (False: the token is a rotated
+    one of a live session); None when the token cannot be refreshed.
 
-    The compare-and-set misses when, since the first read, a concurrent refresh rotated the token, the session
-    ended or the user changed; the next round reads again and decides on the new state. It is never retried on
-    its own after a lost connection: had it committed, a retry would take the token for a reused one."""
-    pool = w.statements
+    A user who may not refresh with a live session is a race (a login whose session committed after the user's
+    deletion or demotion ended the others): the rotation is undone, so step 3 changes nothing. A current token that
+    was not rotated lost the compare-and-set to a concurrent change; the next round decides on the new state."""
     for _ in range(MAX_ATTEMPTS):
-        row = await cred.refresh_token_record(pool, token_hash)
-        if row is None or not _live(w, row, audience, ctx.now):
+        row = await cred.rotate_refresh_token(
+            w.statements, token_hash, new_hash, audience, ctx.now, w.config.session_idle_timeout
+        )
+        if row is None:
+            return None
+        rotated = row["rotated_to"] is not None
+        if not rotated and not _live(w, row, audience, ctx.now):
             return None
         user_id, version = UUID(bytes=row["user_id"].bytes), row["user_version"]
         user = w.store.recent_users.get(user_id, version)
         if user is None:
             user = await w.run(w.store.load_user_at, user_id, version, user_agg.project)
         if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
+            if rotated:
+                await cred.unrotate_refresh_token(w.statements, row, new_hash)
             return None
-        if row["token_generation"] != row["generation"]:
-            return row, user, False
-        if await _rotate(pool, row["id"], row["generation"], user.version, new_hash, ctx.now):
-            return row, user, True
+        if rotated or row["token_generation"] != row["generation"]:
+            return row, user, rotated
     raise ServiceBusy(extra={"retry_after_seconds": 1})
 
 
@@ -255,14 +272,6 @@ def _live(w: WriteSide, row: Any, audience: str, now: datetime) -> bool:
         return False
     idle = w.config.session_idle_timeout
     return not (idle and (now - row["last_used_at"]).total_seconds() >= idle)
-
-
-async def _rotate(
-    pool: Any, session_id: UUID, generation: int, user_version: int, new_hash: bytes, now: datetime
-) -> bool:
-    # `execute`, not a retried read (ReadPool retries fetch* once after a lost connection).
-    status = await pool.execute(ROTATE, now, session_id, generation, user_version, new_hash)
-    return bool(status == "INSERT 0 1")
 
 
 async def _reuse_detected(w: WriteSide, session_id: UUID, attempt: RefreshAttempt, ctx: Context) -> None:

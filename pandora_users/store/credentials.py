@@ -59,25 +59,33 @@ class NewSession:
     ip_address: str | None
     user_agent: str | None
     refresh_hash: bytes
+    # When set, the session opens only while the user's aggregate is still at this version (a login: the state
+    # its checks were made on); otherwise `CredentialConflict` and the command runs again on fresh state.
+    user_version: int | None = None
+
+
+# The latest version of a user's aggregate, inside the append's transaction: under group commit its credential
+# statements run after the events-table lock is taken, so no other append can commit between this and COMMIT.
+_USER_AT = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = %s) = %s"  # noqa: S608
 
 
 def open_session(s: NewSession) -> list[CredentialOp]:
-    return [
-        CredentialOp(
+    values = (s.session_id, s.user_id, s.audience, s.created_at, s.created_at, s.expires_at, s.ip_address, s.user_agent)
+    insert = (
+        "INSERT INTO sessions (id, user_id, audience, created_at, last_used_at, expires_at, generation,"
+        " ip_address, user_agent)"
+    )
+    if s.user_version is None:
+        session = CredentialOp("open_session", f"{insert} VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s)", values)
+    else:
+        session = CredentialOp(
             "open_session",
-            "INSERT INTO sessions (id, user_id, audience, created_at, last_used_at, expires_at, generation,"
-            " ip_address, user_agent) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s)",
-            (
-                s.session_id,
-                s.user_id,
-                s.audience,
-                s.created_at,
-                s.created_at,
-                s.expires_at,
-                s.ip_address,
-                s.user_agent,
-            ),
-        ),
+            f"{insert} SELECT %s, %s, %s, %s, %s, %s, 0, %s, %s WHERE {_USER_AT}",
+            (*values, s.user_id, s.user_version),
+            expect_rows=1,
+        )
+    return [
+        session,
         CredentialOp(
             "first_refresh_token",
             "INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at) VALUES (%s, %s, 0, %s)",
@@ -189,13 +197,34 @@ def session_row(datastore: Any, session_id: UUID) -> dict[str, Any] | None:
 USER_VERSION = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = s.user_id)"  # noqa: S608
 
 
-# The session a refresh token belongs to, with the token's generation (and, for a refresh, the user's version).
-_SESSION_OF_REFRESH = (
-    "SELECT s.*, r.generation AS token_generation{}"
-    " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = {}"
+# The session a refresh token belongs to, with the token's generation (logout).
+_LOGOUT_ROW = (
+    "SELECT s.*, r.generation AS token_generation"
+    " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = %s"
 )
-_LOGOUT_ROW = _SESSION_OF_REFRESH.format("", "%s")
-_REFRESH_ROW = _SESSION_OF_REFRESH.format(f", {USER_VERSION} AS user_version", "$1")
+
+# SPEC §6.4 in one round trip. `t` finds the token; `rotated` is the compare-and-set of step 5: it succeeds only
+# while the token is the session's current one and the session is live for this endpoint's audience (a
+# concurrent rotation or ending makes PostgreSQL re-check the row and skip it). The outer query returns the session
+# as it was before, the user's version in the same snapshot, and `rotated_to`: the new generation, NULL when
+# nothing was rotated. Data-modifying CTEs always run to completion, whether or not the outer query reads them.
+_REFRESH = (
+    "WITH t AS (SELECT session_id, generation FROM refresh_tokens WHERE token_hash = $1),"  # noqa: S608
+    " rotated AS (UPDATE sessions s SET generation = s.generation + 1, last_used_at = $2 FROM t"
+    " WHERE s.id = t.session_id AND s.generation = t.generation AND s.ended_at IS NULL AND s.expires_at > $2"
+    " AND s.audience = $3 AND ($4::float8 = 0 OR s.last_used_at + make_interval(secs => $4::float8) > $2)"
+    " RETURNING s.id, s.generation),"
+    " issued AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
+    " SELECT $5, id, generation, $2 FROM rotated RETURNING generation)"
+    f" SELECT s.*, t.generation AS token_generation, {USER_VERSION} AS user_version,"
+    " (SELECT generation FROM issued) AS rotated_to FROM t JOIN sessions s ON s.id = t.session_id"
+)
+# Undo a rotation the user's state does not allow (step 3 decided after step 5): the session's generation and
+# last use go back and the issued token is forgotten, unless something changed the session since.
+_UNROTATE = (
+    "WITH back AS (UPDATE sessions SET generation = $3, last_used_at = $4 WHERE id = $1 AND generation = $2"
+    " RETURNING id) DELETE FROM refresh_tokens WHERE token_hash = $5 AND session_id IN (SELECT id FROM back)"
+)
 
 
 def refresh_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:
@@ -203,9 +232,20 @@ def refresh_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | Non
     return _one(datastore, _LOGOUT_ROW, (token_hash,))
 
 
-async def refresh_token_record(pool: asyncpg.Pool, token_hash: bytes) -> asyncpg.Record | None:
-    """The same with the user's current version, on an asyncpg pool (on the event loop): refresh."""
-    return await pool.fetchrow(_REFRESH_ROW, token_hash)
+async def rotate_refresh_token(
+    pool: asyncpg.Pool, token_hash: bytes, new_hash: bytes, audience: str, now: datetime, idle_timeout: float
+) -> asyncpg.Record | None:
+    """Look the token up and rotate it if it is current and its session live (see `_REFRESH`), on the event loop.
+
+    Never retried after a lost connection (hence `acquire`, not a retried pool read): had the rotation committed,
+    the retry would take the token for a reused one."""
+    async with pool.acquire() as conn:
+        return await conn.fetchrow(_REFRESH, token_hash, now, audience, float(idle_timeout), new_hash)
+
+
+async def unrotate_refresh_token(pool: asyncpg.Pool, row: asyncpg.Record, new_hash: bytes) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(_UNROTATE, row["id"], row["rotated_to"], row["generation"], row["last_used_at"], new_hash)
 
 
 def link_token_row(datastore: Any, token_hash: bytes) -> dict[str, Any] | None:

@@ -206,74 +206,68 @@ async def test_refresh_serves_a_known_version_of_the_user_without_loading_it(
     assert (third.user.first_name, third.user.version) == ("Annette", first.user.version + 1)
 
 
-def _between_check_and_rotation(w: WriteSide, monkeypatch: pytest.MonkeyPatch, change: Any, times: int = 1) -> None:
-    """Run `change` (a command) after refresh has checked the user and before its compare-and-set, the first
-    `times` times."""
-    rotate = auth._rotate
-    done: list[bool] = []
+async def test_a_session_its_user_may_no_longer_hold_is_refused_and_its_rotation_undone(
+    write_side: WriteSide, database_url: str
+) -> None:
+    """Step 3 is decided after the one statement that rotates: a refusal there undoes the rotation, so nothing
+    changes and the token is not taken for a reused one later. The session is one a deleted user still holds (a
+    login that committed its session after the deletion ended the others)."""
+    grant = await _user(write_side)
+    await account.delete_user(write_side, grant.user.id, if_match=None, ctx=Context(), must_be_live=True)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE sessions SET ended_at = NULL, end_reason = NULL WHERE id = %s", (grant.session_id,))
+        before = conn.execute("SELECT generation, last_used_at FROM sessions WHERE id = %s", (grant.session_id,))
+        state = before.fetchone()
+    for _ in range(2):
+        with pytest.raises(InvalidRefreshToken):
+            await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    with psycopg.connect(database_url) as conn:
+        after = conn.execute(
+            "SELECT generation, last_used_at, ended_at FROM sessions WHERE id = %s", [grant.session_id]
+        )
+        assert after.fetchone() == (*state, None)
+        tokens = conn.execute("SELECT count(*) FROM refresh_tokens WHERE session_id = %s", (grant.session_id,))
+        assert tokens.fetchone() == (1,)
+        topic = ev.SessionTokenReuseDetected.TOPIC
+        reuse = conn.execute("SELECT count(*) FROM pandora_events WHERE topic = %s", (topic,))
+        assert reuse.fetchone() == (0,)
 
-    async def change_then_rotate(*args: Any) -> bool:
-        if len(done) < times:
-            done.append(True)
-            await change()
+
+async def test_a_rotation_that_loses_the_session_row_decides_again_and_sees_the_reuse(
+    write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compare-and-set waits for a concurrent rotation holding the session row; once that commits, PostgreSQL
+    re-checks the row and skips it while the statement's snapshot still shows the token as current. The next round
+    sees it rotated: reuse, the session ends."""
+    grant = await _user(write_side)
+    statements: list[object] = []
+    rotate = cred.rotate_refresh_token
+
+    async def counted(*args: Any) -> Any:
+        statements.append(args)
         return await rotate(*args)
 
-    monkeypatch.setattr(auth, "_rotate", change_then_rotate)
-
-
-async def test_a_user_changed_before_the_rotation_is_read_again(
-    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The access token carries the user's current email and role (SPEC §6.4 step 6): a change committed after the
-    check makes the compare-and-set miss, and the refresh decides again on the new state."""
-    grant = await _user(write_side)
-    user_id = grant.user.id
-    _between_check_and_rotation(
-        write_side,
-        monkeypatch,
-        lambda: account.update_profile(
-            write_side, user_id, first_name="Annette", last_name=None, if_match=None, ctx=Context()
-        ),
-    )
-    refreshed = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
-    assert (refreshed.user.first_name, refreshed.user.version) == ("Annette", grant.user.version + 1)
-    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(refreshed.refresh_token))
-    assert row is not None and row["generation"] == row["token_generation"] == 1  # rotated once
-
-
-async def test_a_user_who_keeps_changing_gets_service_busy_and_nothing_rotates(
-    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    grant = await _user(write_side)
-    user_id, names = grant.user.id, iter(["Anna", "Annette", "Annie", "Anouk"])
-    _between_check_and_rotation(
-        write_side,
-        monkeypatch,
-        lambda: account.update_profile(
-            write_side, user_id, first_name=next(names), last_name=None, if_match=None, ctx=Context()
-        ),
-        times=3,
-    )
-    with pytest.raises(ServiceBusy):
-        await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
-    again = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())  # not taken for reuse
-    assert (again.user.first_name, again.user.version) == ("Annie", grant.user.version + 3)
-
-
-async def test_a_user_deleted_before_the_rotation_is_refused_and_nothing_rotates(
-    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    grant = await _user(write_side)
-    user_id = grant.user.id
-    _between_check_and_rotation(
-        write_side,
-        monkeypatch,
-        lambda: account.delete_user(write_side, user_id, if_match=None, ctx=Context(), must_be_live=True),
-    )
-    with pytest.raises(InvalidRefreshToken):
-        await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
-    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(grant.refresh_token))
-    assert row is not None and row["generation"] == 0 and row["end_reason"] == "account_deleted"
+    monkeypatch.setattr(cred, "rotate_refresh_token", counted)
+    with psycopg.connect(database_url) as rival:
+        rival.execute("UPDATE sessions SET generation = 1 WHERE id = %s", (grant.session_id,))
+        rival.execute(
+            "INSERT INTO refresh_tokens (token_hash, session_id, generation) VALUES (%s, %s, 1)",
+            (hash_opaque_token("the rival's token"), grant.session_id),
+        )
+        refresh = asyncio.create_task(auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context()))
+        with psycopg.connect(database_url, autocommit=True) as watch:
+            for _ in range(500):
+                waiting = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if waiting.fetchone() != (0,) or refresh.done():
+                    break
+                await asyncio.sleep(0.01)
+        assert not refresh.done()
+        rival.commit()
+        with pytest.raises(InvalidRefreshToken) as info:
+            await refresh
+    assert info.value.audit["reuse"] is True and len(statements) == 2
+    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token("the rival's token"))
+    assert row is not None and row["generation"] == 1 and row["end_reason"] == "token_reuse"
 
 
 async def test_an_erased_user_is_not_kept_in_memory(write_side: WriteSide) -> None:
@@ -283,3 +277,67 @@ async def test_an_erased_user_is_not_kept_in_memory(write_side: WriteSide) -> No
     assert recent.get(grant.user.id, refreshed.user.version) == refreshed.user
     await admin.erase(write_side, grant.user.id, if_match=None, ctx=Context())
     assert recent.get(grant.user.id, refreshed.user.version) is None
+
+
+def _during_the_password_check(w: WriteSide, monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """Run `change` (a command) after login has found the account and before it opens the session."""
+    verify = w.hasher.verify
+
+    async def verify_then_change(*args: Any) -> Any:
+        result = await verify(*args)
+        await change()
+        return result
+
+    monkeypatch.setattr(w.hasher, "verify", verify_then_change)
+
+
+def _sessions_of(database_url: str, user_id: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        query = "SELECT audience, end_reason FROM sessions WHERE user_id = %s ORDER BY created_at"
+        return conn.execute(query, (user_id,)).fetchall()
+
+
+@pytest.mark.parametrize("audience", ["pandora-api", "pandora-admin"])
+async def test_a_login_racing_the_accounts_end_opens_no_session(
+    write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch, audience: str
+) -> None:
+    """A deletion (public login) or demotion (admin login) committed while the password was being checked ends
+    the user's sessions: the login's session must not open after it."""
+    grant = await _user(write_side)
+    user_id = grant.user.id
+    if audience == "pandora-admin":
+        await admin.change_role(write_side, user_id, "admin", if_match=None, ctx=Context())
+        await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD, audience=audience), Context())
+
+        async def change() -> object:
+            return await admin.change_role(write_side, user_id, "user", if_match=None, ctx=Context())
+    else:
+
+        async def change() -> object:
+            return await account.delete_user(write_side, user_id, if_match=None, ctx=Context(), must_be_live=True)
+
+    _during_the_password_check(write_side, monkeypatch, change)
+    before = len(_sessions_of(database_url, user_id))
+    with pytest.raises(InvalidCredentials) as info:
+        await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD, audience=audience), Context())
+    assert info.value.audit["reason"] in {"user_changed", "not_admin"}
+    after = _sessions_of(database_url, user_id)
+    assert len(after) == before and all(reason is not None for _, reason in after)
+
+
+async def test_a_login_racing_a_profile_change_opens_the_session_with_the_new_state(
+    write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await _user(write_side)
+    user_id = grant.user.id
+
+    async def change() -> object:
+        return await account.update_profile(
+            write_side, user_id, first_name="Annette", last_name=None, if_match=None, ctx=Context()
+        )
+
+    _during_the_password_check(write_side, monkeypatch, change)
+    outcome = await auth.log_in(write_side, LoginAttempt("ann@example.com", PASSWORD), Context())
+    assert (outcome.grant.user.first_name, outcome.grant.user.version) == ("Annette", grant.user.version + 1)
+    assert _sessions_of(database_url, user_id)[-1] == ("pandora-api", None)
+    await auth.refresh(write_side, RefreshAttempt(outcome.grant.refresh_token), Context())
