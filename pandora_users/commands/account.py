@@ -17,7 +17,7 @@ from pandora_users.store import credentials as cred
 
 
 def load_live(w: WriteSide, user_id: UUID) -> User:
-    return user_agg.require_live(w.store.load(user_id, user_agg.project))
+    return user_agg.require_live(w.store.load_user(user_id, user_agg.project))
 
 
 async def get_user(w: WriteSide, user_id: UUID) -> User:
@@ -88,7 +88,7 @@ async def delete_user(
     """Soft delete (self or admin): `user.deleted` and every session ends (`account_deleted`)."""
 
     def attempt() -> tuple[User, Written]:
-        user = w.store.load(user_id, user_agg.project)
+        user = w.store.load_user(user_id, user_agg.project)
         if user is None or (must_be_live and not user.is_active):
             raise UserNotFound()
         user_agg.check_version(user, if_match)

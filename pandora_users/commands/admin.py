@@ -18,7 +18,7 @@ Decide = Callable[[User, Pending[User]], Batch]
 
 
 def _load(w: WriteSide, user_id: UUID, *, live: bool) -> User:
-    user = w.store.load(user_id, user_agg.project)
+    user = w.store.load_user(user_id, user_agg.project)
     if user is None or (live and not user.is_active):
         raise UserNotFound()
     return user

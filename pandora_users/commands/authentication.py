@@ -62,7 +62,7 @@ def find_account(w: WriteSide, email: str | None) -> tuple[User | None, str | No
     index = w.store.load(email_index.index_id(w.pepper, email), email_index.project)
     if index is None or index.owner is None:
         return None, None
-    user = w.store.load(index.owner, user_agg.project)
+    user = w.store.load_user(index.owner, user_agg.project)
     if user is None or not user.is_active:
         return None, None
     return user, cred.password_hash(w.store.datastore, user.id)
@@ -121,7 +121,7 @@ async def verify_password(w: WriteSide, attempt: LoginAttempt, ctx: Context) -> 
 
 def _may_log_in(w: WriteSide, user_id: UUID, audience: str) -> User:
     """The user as now stored, if they may still hold a session of this audience."""
-    user = w.store.load(user_id, user_agg.project)
+    user = w.store.load_user(user_id, user_agg.project)
     if user is None or not user.is_active:
         raise InvalidCredentials(audit={"reason": "user_changed", "user_id": str(user_id)})
     if audience == "pandora-admin" and user.role != "admin":
@@ -133,7 +133,7 @@ def _record_lock(w: WriteSide, user_id: UUID, until: datetime, failures: int, ct
     system_ctx = Context(now=ctx.now, metadata={**ctx.metadata, **SYSTEM})
 
     def attempt() -> Written:
-        user = w.store.load(user_id, user_agg.project)
+        user = w.store.load_user(user_id, user_agg.project)
         if user is None:
             return Written(user_id, 0, None)
         events = user_agg.lock(user, until=until, failed_attempts=failures, ctx=system_ctx)

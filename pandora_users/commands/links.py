@@ -45,7 +45,7 @@ async def resend_verification(w: WriteSide, user_id: UUID, ctx: Context) -> Writ
     """A new verification token (superseding older ones); None when the email is already verified."""
 
     def attempt() -> Written | None:
-        user = user_agg.require_live(w.store.load(user_id, user_agg.project))
+        user = user_agg.require_live(w.store.load_user(user_id, user_agg.project))
         if user.email_verified_at is not None:
             return None
         batch = _request_link(w, user, "email_verification", ctx)
@@ -64,7 +64,7 @@ async def forgot_password(w: WriteSide, raw_email: str, ctx: Context) -> None:
     def attempt() -> None:
         index = w.store.load(email_index.index_id(w.pepper, email or raw_email), email_index.project)
         owner = index.owner if index is not None else None
-        user = w.store.load(owner, user_agg.project) if owner is not None else None
+        user = w.store.load_user(owner, user_agg.project) if owner is not None else None
         if email is None or user is None or not user.is_active:
             return
         commit(w, _request_link(w, user, "password_reset", ctx), user.id, user.version)
@@ -91,7 +91,7 @@ def _live_token(w: WriteSide, token: str, purpose: str, ctx: Context) -> LiveLin
         or row["expires_at"] <= ctx.now
     ):
         raise InvalidToken()
-    user = w.store.load(row["user_id"], user_agg.project)
+    user = w.store.load_user(row["user_id"], user_agg.project)
     if user is None or not user.is_active:
         raise InvalidToken()
     return LiveLink(user, token_hash)

@@ -208,7 +208,7 @@ async def create_admin(
 
 async def _promote(w: WriteSide, user_id: UUID, ctx: Context) -> AdminCreated:
     def attempt() -> Written:
-        user = user_agg.require_live(w.store.load(user_id, user_agg.project))
+        user = user_agg.require_live(w.store.load_user(user_id, user_agg.project))
         batch = Batch(events=list(user_agg.change_role(user, "admin", ctx=ctx)))
         if batch.events:
             batch.extend(end_sessions(w, user_id, "role_changed", ctx))

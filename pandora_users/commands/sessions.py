@@ -116,7 +116,7 @@ async def log_out_all(w: WriteSide, user_id: UUID, ctx: Context) -> Written:
     """End every live session (both audiences), then `user.logged_out_all`; nothing when none is live."""
 
     def attempt() -> Written:
-        user = user_agg.require_live(w.store.load(user_id, user_agg.project))
+        user = user_agg.require_live(w.store.load_user(user_id, user_agg.project))
         batch = end_sessions(w, user_id, "logout_all", ctx)
         ids = [str(e.session_id) for e in batch.ended]
         batch.events += user_agg.log_out_all(user, ids, ctx=ctx)

@@ -7,7 +7,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 from uuid import UUID
 
@@ -159,17 +159,26 @@ class EventStore(Application[UUID]):
             return None
         return state
 
+    def load_user(self, user_id: UUID, project: Callable[[A | None, Iterable[DomainEvent]], A | None]) -> A | None:
+        """A user's current state: the latest state this process holds (see `RecentStates`) brought forward with
+        the events stored after it, usually none or one, instead of every event decoded and folded again."""
+        known: A | None = self.recent_users.latest(user_id)
+        if known is None:
+            state = self.load(user_id, project)
+        else:
+            newer = cast("Iterable[DomainEvent]", self.events.get(originator_id=user_id, gt=known.version))
+            state = project(known, newer)
+        if state is not None:
+            self.recent_users.put(state)
+        return state
+
     def load_user_at(
         self, user_id: UUID, version: int, project: Callable[[A | None, Iterable[DomainEvent]], A | None]
     ) -> A | None:
-        """The user as this process last loaded it when that was at `version` (see `RecentStates`), else loaded
-        now: then its current state, which may be newer than `version`."""
+        """The user as this process last loaded it when that was at `version`, else loaded now: then its current
+        state, which may be newer than `version`."""
         state: A | None = self.recent_users.get(user_id, version)
-        if state is None:
-            state = self.load(user_id, project)
-            if state is not None:
-                self.recent_users.put(state)
-        return state
+        return state if state is not None else self.load_user(user_id, project)
 
     def append(self, events: Sequence[DomainEvent], ops: Sequence[CredentialOp] = ()) -> int | None:
         """Commit events and credential operations together; the position of the last event (None if none)."""

@@ -1,7 +1,8 @@
-"""Users this process loaded lately, so a command that already knows a user's version skips the decoding.
+"""Users this process loaded lately, so loading one again decodes only what was stored since.
 
-Refresh learns the user's current version in the same statement that finds the token's session; when this
-process loaded that very version of the user before, it needs neither the user's events nor their decryption.
+A command loads its user from the state held here brought forward with the events after it (usually none or
+one), not from every event of the user decrypted and folded again. Refresh learns the user's current version in
+the same statement that rotates the token; when that very version is held here, it reads no events at all.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ class RecentStates(Generic[A]):
         self._lock = threading.Lock()
 
     def get(self, aggregate_id: UUID, version: int) -> A | None:
+        """The state at exactly `version`, if it is the one held."""
+        state = self.latest(aggregate_id)
+        return state if state is not None and state.version == version else None
+
+    def latest(self, aggregate_id: UUID) -> A | None:
+        """The state held for the aggregate, whatever its version (the caller brings it forward)."""
         with self._lock:
             state = self._states.get(aggregate_id)
-            if state is None or state.version != version:
+            if state is None:
                 return None
             self._states.move_to_end(aggregate_id)
         if not self._keys.holds(aggregate_id):
@@ -48,8 +55,11 @@ class RecentStates(Generic[A]):
         return state
 
     def put(self, state: A) -> None:
+        """Hold `state`, unless a newer version is held (two threads loading the same user)."""
         with self._lock:
-            self._states[state.id] = state
+            held = self._states.get(state.id)
+            if held is None or held.version <= state.version:
+                self._states[state.id] = state
             self._states.move_to_end(state.id)
             while len(self._states) > self._size:
                 self._states.popitem(last=False)

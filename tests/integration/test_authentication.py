@@ -18,6 +18,8 @@ from pandora_users.domain.context import Context
 from pandora_users.domain.errors import AccountLocked, InvalidCredentials, InvalidRefreshToken, ServiceBusy
 from pandora_users.security.tokens import hash_opaque_token
 from pandora_users.store import credentials as cred
+from pandora_users.store.app import EventStore, postgres_env
+from tests.conftest import TEST_KEK
 from tests.integration.test_registration import PASSWORD, reg
 
 
@@ -200,10 +202,44 @@ async def test_refresh_serves_a_known_version_of_the_user_without_loading_it(
     await account.update_profile(
         write_side, grant.user.id, first_name="Annette", last_name=None, if_match=None, ctx=Context()
     )
-    loads.clear()
     third = await auth.refresh(write_side, RefreshAttempt(second.refresh_token), Context())
-    assert loads == [grant.user.id]  # the new version is loaded, never served stale
-    assert (third.user.first_name, third.user.version) == ("Annette", first.user.version + 1)
+    assert loads == [grant.user.id]  # the command brought the held state forward: nothing loaded again
+    assert (third.user.first_name, third.user.version) == ("Annette", first.user.version + 1)  # never stale
+
+
+async def test_a_user_is_brought_forward_from_the_held_state(
+    write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a user this process holds decodes only the events stored since, whoever stored them; an erasure
+    drops the held state with the key, and the user loads as erased."""
+    grant = await _user(write_side)
+    store, user_id = write_side.store, grant.user.id
+    decoded: list[str] = []
+    to_domain_event = store.mapper.to_domain_event
+
+    def counting(stored: Any) -> Any:
+        decoded.append(stored.topic)
+        return to_domain_event(stored)
+
+    monkeypatch.setattr(store.mapper, "to_domain_event", counting)
+    held = store.load_user(user_id, user_agg.project)
+    assert held is not None and decoded == [ev.UserRegistered.TOPIC]
+    other = EventStore(postgres_env(database_url, pool_size=1, max_overflow=2, lock_timeout=5), TEST_KEK)
+    try:  # another process changes the user
+        changed = other.load_user(user_id, user_agg.project)
+        assert changed is not None
+        other.append(list(user_agg.update_profile(changed, first_name="Annette", last_name=None, ctx=Context())))
+    finally:
+        other.close()
+    decoded.clear()
+    current = store.load_user(user_id, user_agg.project)
+    assert current is not None and (current.first_name, current.version) == ("Annette", held.version + 1)
+    assert decoded == [ev.UserProfileUpdated.TOPIC]
+    decoded.clear()
+    assert store.load_user(user_id, user_agg.project) == current and decoded == []
+    await admin.erase(write_side, user_id, if_match=None, ctx=Context())
+    erased = store.load_user(user_id, user_agg.project)
+    assert erased is not None and erased.first_name == ev.ERASED and erased.erased_at is not None
 
 
 async def test_a_session_its_user_may_no_longer_hold_is_refused_and_its_rotation_undone(
