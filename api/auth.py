@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
@@ -28,7 +29,7 @@ class Principal:
     claims: AccessClaims
     mark: int | None = None  # the actor's read-your-writes mark, read with the liveness check (None: unknown)
 
-    @property
+    @functools.cached_property
     def actor(self) -> str:
         return str(self.user_id)
 

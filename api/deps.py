@@ -17,6 +17,7 @@ from api.schemas import AuthResponse, UserDTO
 from pandora_users.commands.base import WriteSide
 from pandora_users.commands.registration import SessionGrant
 from pandora_users.domain.context import Context
+from pandora_users.domain.events import ERASED
 from pandora_users.domain.user import User
 from pandora_users.observability.tracing import trace_context
 from pandora_users.security.tokens import TokenService
@@ -87,6 +88,23 @@ def context(request: Request[Any, Any, Any], *, actor_id: str | None, actor_role
 def principal_context(request: Request[Any, Any, Any], principal: Principal) -> Context:
     role = "admin" if principal.audience == "pandora-admin" else "user"
     return context(request, actor_id=principal.actor, actor_role=role)
+
+
+def row_dto(row: Any) -> UserDTO:
+    """The UserDTO of a users read-model row: the public fields of `projections.queries.users.to_dto` alone,
+    without formatting the admin ones (`GET /users/me` builds one per request)."""
+    email = row["email"]
+    return UserDTO(
+        id=str(row["id"]),
+        email=ERASED if email is None else email,
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        role=row["role"],
+        kyc_status=row["kyc_status"],
+        email_verified=row["email_verified_at"] is not None,
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
+    )
 
 
 def user_dto(user: User) -> UserDTO:

@@ -40,9 +40,10 @@ class RequestLimits:
         limits = [self._limit(name, key) for name, key in wanted]
         decision = await self.limiter.hit(limits)
         headers = decision.headers()
-        request.state.rate_headers = headers
+        state = request.scope.setdefault("state", {})  # `request.state` builds a State (and its lock) each time
+        state["rate_headers"] = headers
         if not decision.allowed:
-            request.state.rate_limit_name = decision.refused_by
+            state["rate_limit_name"] = decision.refused_by
             raise RateLimitExceeded(
                 extra={"retry_after_seconds": decision.retry_after}, audit={"limit": decision.refused_by}
             )

@@ -42,7 +42,7 @@ async def authenticate(request: Request[Any, Any, Any], deps: ApiDeps) -> Princi
         # A request whose authentication failed counts against the `ip` window (SPEC §7.4).
         await deps.limits(request, [("ip", request.state.client_ip or "unknown")])
         raise
-    request.state.principal = principal
+    request.scope.setdefault("state", {})["principal"] = principal  # `request.state` builds a State each time
     await deps.limits.authenticated(request, principal.actor)
     return principal
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 
 from api.body import strict_body
-from api.deps import ApiDeps, committed, principal_context, user_dto, with_headers
+from api.deps import ApiDeps, committed, principal_context, row_dto, user_dto, with_headers
 from api.openapi_docs import CONSISTENCY, CONSISTENCY_TOKEN, ETAG, IF_MATCH, SESSION_ID, route_docs
 from api.routes.common import authenticate, parse_id, parse_if_match
 from api.schemas import (
@@ -26,7 +25,7 @@ from api.schemas import (
 from pandora_users.commands import account, sessions
 from pandora_users.domain.errors import FieldError, InvalidRequest, UserNotFound
 from pandora_users.timestamps import rfc3339
-from projections.queries.users import is_live, to_dto
+from projections.queries.users import is_live
 
 USERS = ("users",)
 LIVE_SESSIONS = """
@@ -57,9 +56,7 @@ class MeController(Controller):
         )
         if row is None or not is_live(row):
             raise UserNotFound()
-        fields = to_dto(row, datetime.now(UTC))
-        dto = UserDTO(**{name: fields[name] for name in UserDTO.__struct_fields__})
-        return with_headers(Response(dto), position=reached or None, etag=row["version"])
+        return with_headers(Response(row_dto(row)), position=reached or None, etag=row["version"])
 
     @put(
         "",

@@ -59,3 +59,13 @@ def test_the_least_recently_used_state_goes_first() -> None:
     assert [recent.get(u, 1) is not None for u in users] == [True, False, True]
     with pytest.raises(ValueError, match="at least 1"):
         RecentStates(keys_with(Clock()), size=0)
+
+
+def test_the_latest_state_is_served_at_any_version_and_never_replaced_by_an_older_one() -> None:
+    user = uuid.uuid4()
+    recent: RecentStates[State] = RecentStates(keys_with(Clock(), user))
+    newer, older = State(id=user, version=4, name="annette"), State(id=user, version=3, name="ann")
+    recent.put(newer)
+    recent.put(older)  # a thread that loaded before another's newer load finishes after it
+    assert recent.latest(user) == newer and recent.get(user, 3) is None and recent.get(user, 4) == newer
+    assert recent.latest(uuid.uuid4()) is None
