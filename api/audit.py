@@ -15,6 +15,7 @@ from pandora_users.audit.access_log import AccessLogEntry, AccessLogWriter
 from pandora_users.audit.vocabulary import error_event_type
 from pandora_users.observability import metrics as m
 from pandora_users.observability import tracing
+from pandora_users.observability.metrics import soon_counter
 
 Scope = dict[str, Any]
 SYSTEM = ("/health", "/ready", "/metrics", "/.well-known/jwks.json", "/openapi.json", "/swagger")
@@ -137,20 +138,20 @@ def count_business_metrics(entry: AccessLogEntry, state: dict[str, Any]) -> None
         "authn_login_lock": "locked",
     }
     if kind in login:
-        m.logins.labels(audience, login[kind]).inc()
+        soon_counter(m.logins, audience, login[kind]).add()
     elif kind in ("authn_login_fail", "authn_login_fail_max", "authn_admin_login_fail"):
         reason = "invalid_credentials" if entry.failure_reason == "invalid_credentials" else "failure"
-        m.logins.labels(audience, reason).inc()
+        soon_counter(m.logins, audience, reason).add()
     elif kind == "user_created":
-        m.registrations.labels("success" if entry.status == "success" else "failure").inc()
+        soon_counter(m.registrations, "success" if entry.status == "success" else "failure").add()
     elif kind == "authn_token_created":
-        m.token_refresh.labels(audience, "success").inc()
+        soon_counter(m.token_refresh, audience, "success").add()
     elif kind in ("authn_token_invalid", "authn_token_reuse"):
-        m.token_refresh.labels(audience, "reuse" if kind == "authn_token_reuse" else "invalid").inc()
+        soon_counter(m.token_refresh, audience, "reuse" if kind == "authn_token_reuse" else "invalid").add()
     elif kind == "session_logout" and entry.status == "success":
-        m.logouts.labels("all" if entry.route.endswith("logout-all") else "single").inc()
+        soon_counter(m.logouts, "all" if entry.route.endswith("logout-all") else "single").add()
     elif kind == "excess_rate_limit_exceeded":
-        m.rate_limit_rejections.labels(audit.get("limit") or "unknown").inc()
+        soon_counter(m.rate_limit_rejections, audit.get("limit") or "unknown").add()
     if kind == "authn_token_reuse":
         m.token_reuse.inc()
     if audit.get("lockout_started"):

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from pandora_users.commands.base import EndedSession
 from pandora_users.infra.redis_reads import CoalescedReads
 from pandora_users.observability import metrics as m
+from pandora_users.observability.metrics import soon_counter
 from projections.revocations import is_revoked, reason_class, record_revocations, revocation_key
 
 DELETED_REASONS = ("account_deleted", "account_erased")
@@ -47,7 +48,7 @@ class SessionLiveness:
         except (RedisError, OSError) as exc:
             logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
         else:
-            m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
+            soon_counter(m.revocation_checks, "redis", "live" if state is None else "revoked").add()
             return state
         return await self._from_postgres(session_id)
 
@@ -59,7 +60,7 @@ class SessionLiveness:
             logger.warning("revocation check falls back to PostgreSQL: {}", type(exc).__name__)
             return await self._from_postgres(session_id), None
         state = reason_class(raw_state)
-        m.revocation_checks.labels("redis", "live" if state is None else "revoked").inc()
+        soon_counter(m.revocation_checks, "redis", "live" if state is None else "revoked").add()
         return state, int(raw_mark) if raw_mark else 0
 
     async def _from_postgres(self, session_id: UUID) -> str | None:
@@ -70,7 +71,7 @@ class SessionLiveness:
             state = None
         else:
             state = "deleted" if row["end_reason"] in DELETED_REASONS else "revoked"
-        m.revocation_checks.labels("postgres", "live" if state is None else "revoked").inc()
+        soon_counter(m.revocation_checks, "postgres", "live" if state is None else "revoked").add()
         return state
 
     async def record(self, ended: Sequence[EndedSession]) -> None:
