@@ -254,9 +254,16 @@ async def _rotate_if_valid(
         if not rotated and not _live(w, row, audience, ctx.now):
             return None
         user_id, version = UUID(bytes=row["user_id"].bytes), row["user_version"]
-        user = w.store.recent_users.get(user_id, version)
-        if user is None:
-            user = await w.run(w.store.load_user_at, user_id, version, user_agg.project)
+        try:
+            user = w.store.recent_users.get(user_id, version)
+            if user is None:
+                user = await w.run(w.store.load_user_at, user_id, version, user_agg.project)
+        except BaseException:
+            # The new token will reach nobody (the load failed, or the caller left): undone, the presented
+            # token still works, where a client's retry would otherwise be taken for a reuse.
+            if rotated:
+                await asyncio.shield(cred.unrotate_refresh_token(w.statements, row, new_hash))
+            raise
         if user is None or not user.is_active or (audience == "pandora-admin" and user.role != "admin"):
             if rotated:
                 await cred.unrotate_refresh_token(w.statements, row, new_hash)

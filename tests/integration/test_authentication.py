@@ -269,6 +269,27 @@ async def test_a_session_its_user_may_no_longer_hold_is_refused_and_its_rotation
         assert reuse.fetchone() == (0,)
 
 
+async def test_a_rotation_whose_user_fails_to_load_is_undone(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement rotated, then loading the user failed: the new token reaches nobody, so the rotation is
+    undone and the client's retry with the same token refreshes (it is not taken for a reuse)."""
+    grant = await _user(write_side)
+    write_side.store.recent_users.discard(grant.user.id)
+
+    def lost(*_: Any) -> Any:
+        raise psycopg.OperationalError("connection lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(write_side.store, "load_user_at", lost)
+        with pytest.raises(psycopg.OperationalError):
+            await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    retried = await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context())
+    assert retried.session_id == grant.session_id
+    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(retried.refresh_token))
+    assert row is not None and row["generation"] == row["token_generation"] == 1 and row["ended_at"] is None
+
+
 async def test_a_rotation_that_loses_the_session_row_decides_again_and_sees_the_reuse(
     write_side: WriteSide, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
