@@ -251,7 +251,7 @@ async def _rotate_if_valid(
         if row is None:
             return None
         rotated = row["rotated_to"] is not None
-        if not rotated and not _live(w, row, audience, ctx.now):
+        if not rotated and not row["refreshable"]:  # ended, expired, idle, or of another audience
             return None
         user_id, version = UUID(bytes=row["user_id"].bytes), row["user_version"]
         try:
@@ -271,14 +271,6 @@ async def _rotate_if_valid(
         if rotated or row["token_generation"] != row["generation"]:
             return row, user, rotated
     raise ServiceBusy(extra={"retry_after_seconds": 1})
-
-
-def _live(w: WriteSide, row: Any, audience: str, now: datetime) -> bool:
-    """The session has not ended, expired or idled out, and belongs to this endpoint's audience."""
-    if row["ended_at"] is not None or now >= row["expires_at"] or row["audience"] != audience:
-        return False
-    idle = w.config.session_idle_timeout
-    return not (idle and (now - row["last_used_at"]).total_seconds() >= idle)
 
 
 async def _reuse_detected(w: WriteSide, session_id: UUID, attempt: RefreshAttempt, ctx: Context) -> None:

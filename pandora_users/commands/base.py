@@ -89,8 +89,8 @@ class WriteSide:
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "write"))
     on_sessions_ended: OnSessionsEnded | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    # The asyncpg pool of the statements a command runs on the event loop (refresh: a token lookup and a
-    # compare-and-set, no events), instead of a thread of the write pool. The composition root sets it.
+    # The asyncpg pool of the statements a command runs on the event loop (refresh: one statement that looks the
+    # token up and rotates it, no events), instead of a thread of the write pool. The composition root sets it.
     pool: asyncpg.Pool | None = None
 
     @property

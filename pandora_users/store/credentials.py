@@ -64,9 +64,15 @@ class NewSession:
     user_version: int | None = None
 
 
-# The latest version of a user's aggregate, inside the append's transaction: under group commit its credential
-# statements run after the events-table lock is taken, so no other append can commit between this and COMMIT.
-_USER_AT = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = %s) = %s"  # noqa: S608
+def _user_version(user_id: str) -> str:
+    """SQL: the version of the user whose id is the SQL expression `user_id`, the last event of its aggregate (one
+    probe of the events' primary key)."""
+    return f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = {user_id})"  # noqa: S608
+
+
+# The user is still at a version, inside the append's transaction: under group commit its credential statements
+# run after the events-table lock is taken, so no other append can commit between this and COMMIT.
+_USER_AT = f"{_user_version('%s')} = %s"
 
 
 def open_session(s: NewSession) -> list[CredentialOp]:
@@ -193,31 +199,32 @@ def session_row(datastore: Any, session_id: UUID) -> dict[str, Any] | None:
     return _one(datastore, "SELECT * FROM sessions WHERE id = %s", (session_id,))
 
 
-# The version of the session's user: the last event of its aggregate (one probe of the events' primary key).
-USER_VERSION = f"(SELECT max(originator_version) FROM {EVENTS_TABLE} WHERE originator_id = s.user_id)"  # noqa: S608
-
-
 # The session a refresh token belongs to, with the token's generation (logout).
 _LOGOUT_ROW = (
     "SELECT s.*, r.generation AS token_generation"
     " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = %s"
 )
 
+# The session `s` can be refreshed at $2: not ended, expired or idle past $4 seconds (0: no idle timeout), and of
+# this endpoint's audience ($3) (SPEC §6.4 steps 2 and 3).
+_REFRESHABLE = (
+    "s.ended_at IS NULL AND s.expires_at > $2 AND s.audience = $3"
+    " AND ($4::float8 = 0 OR s.last_used_at + make_interval(secs => $4::float8) > $2)"
+)
 # SPEC §6.4 in one round trip. `t` finds the token; `rotated` is the compare-and-set of step 5: it succeeds only
-# while the token is the session's current one and the session is live for this endpoint's audience (a
-# concurrent rotation or ending makes PostgreSQL re-check the row and skip it). The outer query returns the session
-# as it was before, the user's version in the same snapshot, and `rotated_to`: the new generation, NULL when
-# nothing was rotated. Data-modifying CTEs always run to completion, whether or not the outer query reads them.
+# while the token is the session's current one and the session refreshable (a concurrent rotation or ending makes
+# PostgreSQL re-check the row and skip it). The outer query returns the session as it was before, whether it was
+# refreshable and the user's version in the same snapshot, and `rotated_to`: the new generation, NULL when nothing
+# was rotated. Data-modifying CTEs always run to completion, whether or not the outer query reads them.
 _REFRESH = (
     "WITH t AS (SELECT session_id, generation FROM refresh_tokens WHERE token_hash = $1),"  # noqa: S608
     " rotated AS (UPDATE sessions s SET generation = s.generation + 1, last_used_at = $2 FROM t"
-    " WHERE s.id = t.session_id AND s.generation = t.generation AND s.ended_at IS NULL AND s.expires_at > $2"
-    " AND s.audience = $3 AND ($4::float8 = 0 OR s.last_used_at + make_interval(secs => $4::float8) > $2)"
-    " RETURNING s.id, s.generation),"
+    f" WHERE s.id = t.session_id AND s.generation = t.generation AND {_REFRESHABLE} RETURNING s.id, s.generation),"
     " issued AS (INSERT INTO refresh_tokens (token_hash, session_id, generation, created_at)"
     " SELECT $5, id, generation, $2 FROM rotated RETURNING generation)"
-    f" SELECT s.*, t.generation AS token_generation, {USER_VERSION} AS user_version,"
-    " (SELECT generation FROM issued) AS rotated_to FROM t JOIN sessions s ON s.id = t.session_id"
+    f" SELECT s.*, t.generation AS token_generation, {_REFRESHABLE} AS refreshable,"
+    f" {_user_version('s.user_id')} AS user_version, (SELECT generation FROM issued) AS rotated_to"
+    " FROM t JOIN sessions s ON s.id = t.session_id"
 )
 # Undo a rotation the user's state does not allow (step 3 decided after step 5): the session's generation and
 # last use go back and the issued token is forgotten, unless something changed the session since.

@@ -24,9 +24,10 @@ class RecentStates(Generic[A]):
     """The last `size` states loaded, by aggregate id, for aggregates whose personal data is encrypted with
     their own id's data key (users).
 
-    A state is served again only at the version it was loaded at (states are immutable, and versions only move
-    forward), and only while the key that decrypted it is still in the key cache: personal data stays in memory no
-    longer than its key does, and an erasure in any process, which drops the key everywhere, drops it too.
+    `get` serves a state only at the version asked for; `latest` serves it at its own version, for a caller that
+    brings it forward with the events stored since (states are immutable, and versions only move forward). Either
+    only while the key that decrypted it is still in the key cache: personal data stays in memory no longer than
+    its key does, and an erasure in any process, which drops the key everywhere, drops it too.
     """
 
     def __init__(self, keys: KeyStore, size: int = DEFAULT_SIZE) -> None:

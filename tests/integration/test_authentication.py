@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -189,6 +191,26 @@ def _count_user_loads(w: WriteSide, monkeypatch: pytest.MonkeyPatch) -> list[obj
 
     monkeypatch.setattr(w.store, "load", counting)
     return loads
+
+
+async def test_refresh_of_an_idle_or_expired_session_is_refused_and_changes_nothing(
+    write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6.4 step 2, decided inside the refresh statement: idle past SESSION_IDLE_TIMEOUT or past the session's
+    absolute end, 401; a refresh within both rotates."""
+    grant = await _user(write_side)
+    opened, config = grant.auth_time, write_side.config
+    for idle_timeout, late in ((600.0, opened + timedelta(seconds=601)), (0.0, grant.session_expires_at)):
+        monkeypatch.setattr(write_side, "config", dataclasses.replace(config, session_idle_timeout=idle_timeout))
+        with pytest.raises(InvalidRefreshToken):
+            await auth.refresh(write_side, RefreshAttempt(grant.refresh_token), Context(now=late))
+    row = cred.refresh_token_row(write_side.store.datastore, hash_opaque_token(grant.refresh_token))
+    assert row is not None and row["generation"] == 0 and row["last_used_at"] == opened
+    monkeypatch.setattr(write_side, "config", dataclasses.replace(config, session_idle_timeout=600.0))
+    refreshed = await auth.refresh(
+        write_side, RefreshAttempt(grant.refresh_token), Context(now=opened + timedelta(seconds=599))
+    )
+    assert refreshed.session_id == grant.session_id
 
 
 async def test_refresh_serves_a_known_version_of_the_user_without_loading_it(
