@@ -1,7 +1,8 @@
 """The access log of SPEC §9.3 for the HTTP listeners: one entry per recorded request, off the request path.
 
 Authentication endpoints are recorded whatever their outcome, the admin API always, and any response with
-status ≥ 400 everywhere; system endpoints never. Handlers add facts through `request.state`.
+status ≥ 400 everywhere; system endpoints never. Handlers add facts to the request's state
+(`api.request_state.state_of`).
 """
 
 from __future__ import annotations

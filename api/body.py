@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 
+from api.request_state import state_of
 from pandora_users.domain.errors import DomainError, FieldError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ async def strict_body(request: Request[Any, Any, Any]) -> None:
     except (DomainError, HTTPException):
         deps: ApiDeps | None = request.app.state.get("deps")
         if deps is not None:
-            await deps.limits(request, [("ip", request.state.client_ip or "unknown")])
+            await deps.limits(request, [("ip", state_of(request)["client_ip"] or "unknown")])
         raise
 
 
@@ -152,4 +153,5 @@ async def _check_body(request: Request[Any, Any, Any]) -> None:
                 raise InvalidRequest("this endpoint takes no request body (or {})")
         return
     exempt = frozenset({"password"}) if request.url.path in LOGIN_PATHS else frozenset()
-    request.state.body = decode(raw, request.headers.get("content-type"), param.annotation, nul_exempt=exempt)
+    # Checked only: nothing reads the decoded value, the framework decodes `data` again for the handler.
+    decode(raw, request.headers.get("content-type"), param.annotation, nul_exempt=exempt)

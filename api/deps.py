@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from api.auth import Authenticator, Principal
 from api.consistency import Consistency, encode_token
+from api.request_state import state_of
 from api.schemas import AuthResponse, UserDTO
 from pandora_users.commands.base import WriteSide
 from pandora_users.commands.registration import SessionGrant
@@ -45,7 +46,9 @@ class Limits:
 
     async def authenticated(self, request: Request[Any, Any, Any], actor: str) -> None:
         """`user` for authenticated requests, or `ip` when RATE_LIMIT_ENABLE_PER_USER=false."""
-        await self(request, [("user", actor)] if self.per_user else [("ip", request.state.client_ip or "unknown")])
+        await self(
+            request, [("user", actor)] if self.per_user else [("ip", state_of(request)["client_ip"] or "unknown")]
+        )
 
 
 @dataclass
@@ -66,15 +69,15 @@ class ApiDeps:
 
 def note(request: Request[Any, Any, Any], **facts: Any) -> None:
     """Facts for this request's access-log entry (never secrets or bodies)."""
-    request.state.audit = {**request.state.get("audit", {}), **facts}
+    state_of(request)["audit"] = {**state_of(request).get("audit", {}), **facts}
 
 
 def context(request: Request[Any, Any, Any], *, actor_id: str | None, actor_role: str) -> Context:
     """The audit metadata of SPEC §9.2 for a command issued by this request."""
-    metadata = {"actor_role": actor_role, "request_id": request.state.request_id}
+    metadata = {"actor_role": actor_role, "request_id": state_of(request)["request_id"]}
     if actor_id is not None:
         metadata["actor_id"] = actor_id
-    ip, agent = request.state.client_ip, request.headers.get("user-agent")
+    ip, agent = state_of(request)["client_ip"], request.headers.get("user-agent")
     if ip:
         metadata["ip_address"] = ip
     if agent:

@@ -9,6 +9,7 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
+from api.request_state import state_of
 from pandora_users.domain.errors import ERROR_TABLE, DomainError
 from pandora_users.infra.read_pool import DATABASE_OUTAGES
 from pandora_users.observability import metrics as m
@@ -40,22 +41,22 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
 
 
 def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
-    request.state.error_code = exc.code
+    state_of(request)["error_code"] = exc.code
     m.errors.labels(exc.code, "http").inc()
     if exc.audit:
-        request.state.audit = {**request.state.get("audit", {}), **exc.audit}
+        state_of(request)["audit"] = {**state_of(request).get("audit", {}), **exc.audit}
     details = [{"field": d.field, "message": d.message} for d in exc.details] or None
     return error_response(exc.http_status, error_body(exc.code, exc.message, details=details, **exc.extra))
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     code = _BY_STATUS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
-    request.state.error_code = code
+    state_of(request)["error_code"] = code
     return error_response(exc.status_code, error_body(code), dict(exc.headers or {}))
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    request.state.error_code = "internal_error"
+    state_of(request)["error_code"] = "internal_error"
     m.panics.labels("http").inc()
     logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.url.path)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, error_body("internal_error"))
@@ -63,7 +64,7 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
 
 def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """The database could not be reached (or cut the statement short): 503, try again shortly."""
-    request.state.error_code = "service_unavailable"
+    state_of(request)["error_code"] = "service_unavailable"
     m.errors.labels("service_unavailable", "http").inc()
     logger.warning("{} {}: database unavailable: {}: {}", request.method, request.url.path, type(exc).__name__, exc)
     return error_response(503, error_body("service_unavailable", retry_after_seconds=1))

@@ -9,6 +9,7 @@ from typing import Any
 from litestar import Request
 
 from api.ratelimit import Limit, RateLimiter
+from api.request_state import state_of
 from pandora_users.domain.errors import RateLimitExceeded
 
 # limit name -> (requests, window seconds, in-memory fallback when Redis is down)
@@ -40,7 +41,7 @@ class RequestLimits:
         limits = [self._limit(name, key) for name, key in wanted]
         decision = await self.limiter.hit(limits)
         headers = decision.headers()
-        state = request.scope.setdefault("state", {})  # `request.state` builds a State (and its lock) each time
+        state = state_of(request)
         state["rate_headers"] = headers
         if not decision.allowed:
             state["rate_limit_name"] = decision.refused_by

@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, post
 from api.body import strict_body
 from api.deps import ApiDeps, auth_response, committed, context, note
 from api.openapi_docs import CONSISTENCY, message, route_docs
+from api.request_state import state_of
 from api.routes.common import authenticate, client
 from api.schemas import (
     AuthResponse,
@@ -73,7 +74,7 @@ class AuthController(Controller):
         note(request, actor_identifier=data.email[:254])
         attempt = authentication.LoginAttempt(data.email, data.password, "pandora-api", ip, agent)
         outcome = await authentication.log_in(deps.write, attempt, context(request, actor_id=None, actor_role="user"))
-        request.state.after_failures = outcome.after_failures
+        state_of(request)["after_failures"] = outcome.after_failures
         note(request, user_id=outcome.grant.user.id, session_id=outcome.grant.session_id)
         return await committed(
             deps, str(outcome.grant.user.id), auth_response(deps.tokens, outcome.grant), position=outcome.grant.position

@@ -10,6 +10,7 @@ from litestar import Request
 
 from api.auth import Principal
 from api.deps import ApiDeps
+from api.request_state import state_of
 from pandora_users.domain.errors import DomainError, FieldError, InvalidRequest
 
 CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -40,13 +41,13 @@ async def authenticate(request: Request[Any, Any, Any], deps: ApiDeps) -> Princi
         principal = await deps.authenticator.authenticate(request.headers.get("authorization"))
     except DomainError:
         # A request whose authentication failed counts against the `ip` window (SPEC §7.4).
-        await deps.limits(request, [("ip", request.state.client_ip or "unknown")])
+        await deps.limits(request, [("ip", state_of(request)["client_ip"] or "unknown")])
         raise
-    request.scope.setdefault("state", {})["principal"] = principal  # `request.state` builds a State each time
+    state_of(request)["principal"] = principal
     await deps.limits.authenticated(request, principal.actor)
     return principal
 
 
 def client(request: Request[Any, Any, Any]) -> tuple[str | None, str | None]:
     agent = request.headers.get("user-agent")
-    return request.state.client_ip, agent[:512] if agent else None
+    return state_of(request)["client_ip"], agent[:512] if agent else None
